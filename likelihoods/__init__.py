@@ -1,0 +1,1 @@
+"""How a simulated tumour density explains an observation (masks, PET)."""
