@@ -1,0 +1,135 @@
+"""Checked NIfTI reading and writing: every problem with a file becomes one line naming the file.
+
+Volumes are reoriented to the closest canonical orientation (RAS+, as :func:`nibabel.as_closest_canonical`)
+on reading, so every array in the toolkit has its axes pointing right, anterior, superior. The
+:class:`Volume` remembers the file's own orientation so results can be written back on the input's grid
+with the input's affine (:func:`write_like`), and overlay the input in any viewer.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
+
+
+class NiftiError(ValueError):
+    """A file that cannot be used as given; ``str(error)`` is one line: ``<file>: <problem>``."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A 3D image in canonical (RAS+) orientation, with what is needed to go back to the file's grid.
+
+    Attributes:
+        data: float32 array in canonical orientation.
+        affine: voxel-to-world affine of ``data`` (mm).
+        source_affine: the affine of the file as it was on disk.
+        source_shape: the 3D shape of the file as it was on disk.
+        path: where it was read from.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    source_affine: np.ndarray
+    source_shape: tuple[int, int, int]
+    path: str
+
+    def to_source(self, array: np.ndarray) -> np.ndarray:
+        """Reorient a canonical array of this volume's shape back to the file's own orientation."""
+        return reorient_to(array, self.affine, self.source_affine)
+
+
+def reorient_to(array: np.ndarray, affine: np.ndarray, target_affine: np.ndarray) -> np.ndarray:
+    """Flip/permute ``array`` (on ``affine``) onto the axis orientation of ``target_affine``."""
+    transform = ornt_transform(io_orientation(affine), io_orientation(target_affine))
+    return np.ascontiguousarray(apply_orientation(np.asarray(array), transform))
+
+
+def read_volume(path: str | os.PathLike[str]) -> Volume:
+    """Read a 3D NIfTI image, check it, and return it in canonical orientation as float32.
+
+    Accepted: ``.nii`` and ``.nii.gz``; trailing singleton dimensions (``X×Y×Z×1``) are squeezed.
+    Refused with :class:`NiftiError`: a missing or unreadable file, a truncated or corrupt gzip stream,
+    a 4D series, non-positive voxel spacing in the header, a singular affine, and NaN or infinite values.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise NiftiError(path, "file not found")
+    if not path.is_file():
+        raise NiftiError(path, "not a file")
+    try:
+        image = nib.load(str(path))
+        if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise NiftiError(path, f"not a NIfTI image ({type(image).__name__})")
+        data = np.asanyarray(image.dataobj)
+    except NiftiError:
+        raise
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise NiftiError(path, f"truncated or corrupt gzip data ({exc})") from None
+    except nib.filebasedimages.ImageFileError as exc:
+        raise NiftiError(path, f"not a readable NIfTI file ({exc})") from None
+    except (OSError, ValueError) as exc:
+        raise NiftiError(path, f"cannot be read ({exc})") from None
+
+    shape = data.shape
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise NiftiError(path, f"expected a 3D volume, got shape {tuple(shape)}")
+    pixdim = np.asarray(image.header["pixdim"][1:4], dtype=np.float64)
+    if np.any(pixdim <= 0):
+        raise NiftiError(path, f"voxel spacing must be positive, header has {pixdim.tolist()}")
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise NiftiError(path, "affine is singular or not finite")
+    data = np.asarray(data, dtype=np.float32)
+    if not np.all(np.isfinite(data)):
+        raise NiftiError(path, f"holds {int(np.size(data) - np.isfinite(data).sum())} NaN or infinite values")
+
+    ornt = io_orientation(affine)
+    canonical = np.ascontiguousarray(apply_orientation(data, ornt))
+    canonical_affine = affine @ inv_ornt_aff(ornt, data.shape)
+    return Volume(
+        data=canonical,
+        affine=canonical_affine,
+        source_affine=affine,
+        source_shape=tuple(int(n) for n in data.shape),  # type: ignore[arg-type]
+        path=str(path),
+    )
+
+
+def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str]) -> Path:
+    """Write ``array`` with ``affine`` atomically: the file appears whole or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        nib.save(image, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_like(array: np.ndarray, reference: Volume, path: str | os.PathLike[str]) -> Path:
+    """Write a canonical-orientation ``array`` on ``reference``'s original grid with its original affine."""
+    return write_nifti(reference.to_source(array), reference.source_affine, path)
