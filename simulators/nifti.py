@@ -25,8 +25,8 @@ class NiftiError(ValueError):
 
     def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
         self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        self.problem = " ".join(problem.split())  # nibabel's messages can span lines; keep one
+        super().__init__(f"{self.path}: {self.problem}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,7 +63,8 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
 
     Accepted: ``.nii`` and ``.nii.gz``; trailing singleton dimensions (``X×Y×Z×1``) are squeezed.
     Refused with :class:`NiftiError`: a missing or unreadable file, a truncated or corrupt gzip stream,
-    a 4D series, non-positive voxel spacing in the header, a singular affine, and NaN or infinite values.
+    a 4D series, non-positive voxel spacing in the header, a singular affine, RGB or complex data, and NaN
+    or infinite values.
     """
     path = Path(path)
     if not path.exists():
@@ -75,21 +76,27 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
         if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
             raise NiftiError(path, f"not a NIfTI image ({type(image).__name__})")
         data = np.asanyarray(image.dataobj)
+        pixdim = _pixdim_on_disk(path, type(image.header))
     except NiftiError:
         raise
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise NiftiError(path, f"truncated or corrupt gzip data ({exc})") from None
     except nib.filebasedimages.ImageFileError as exc:
-        raise NiftiError(path, f"not a readable NIfTI file ({exc})") from None
-    except (OSError, ValueError) as exc:
-        raise NiftiError(path, f"cannot be read ({exc})") from None
+        problem = f"not a readable NIfTI file: truncated, corrupt or another format ({exc})"
+        raise NiftiError(path, problem) from None
+    except PermissionError:
+        raise NiftiError(path, "cannot be read (permission denied)") from None
+    except (OSError, ValueError) as exc:  # nibabel: "Expected N bytes, got M bytes ... damaged?"
+        raise NiftiError(path, f"truncated or corrupt data ({exc})") from None
 
     shape = data.shape
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
-        raise NiftiError(path, f"expected a 3D volume, got shape {tuple(shape)}")
-    pixdim = np.asarray(image.header["pixdim"][1:4], dtype=np.float64)
+        kind = f"a {data.ndim}D series" if data.ndim > 3 else f"a {data.ndim}D image"
+        raise NiftiError(path, f"expected one 3D volume, got {kind} of shape {tuple(shape)}")
+    if data.dtype.kind not in "biuf":  # RGB (structured) and complex images are no masks or maps
+        raise NiftiError(path, f"data type {data.dtype} is not real-valued")
     if np.any(pixdim <= 0):
         raise NiftiError(path, f"voxel spacing must be positive, header has {pixdim.tolist()}")
     affine = np.asarray(image.affine, dtype=np.float64)
@@ -109,6 +116,14 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
         source_shape=tuple(int(n) for n in data.shape),  # type: ignore[arg-type]
         path=str(path),
     )
+
+
+def _pixdim_on_disk(path: Path, header_class: type[nib.Nifti1Header]) -> np.ndarray:
+    """Voxel spacing as written in the file: nibabel's checked load silently replaces a negative
+    ``pixdim`` by its absolute value and a zero one by 1, hiding a header no other tool agrees on."""
+    with nib.openers.ImageOpener(str(path)) as fileobj:
+        header = header_class.from_fileobj(fileobj, check=False)
+    return np.asarray(header["pixdim"][1:4], dtype=np.float64)
 
 
 def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str]) -> Path:
