@@ -1,0 +1,265 @@
+"""Fisher–Kolmogorov reaction–diffusion of tumour cell density on brain tissue.
+
+    ∂u/∂t = ∇·(D(x)∇u) + ρ·u(1 − u),   D = p_w·D_w + p_g·D_g,   D_g = gm_ratio·D_w,
+
+with no flux across the tissue boundary (CSF and background carry no cells), as in Swanson et al.
+(Cell Prolif. 2000) and Lipkova et al. (IEEE TMI 2019). Parameters per simulation, in this order:
+``D_w`` (mm²/day), ``rho`` (1/day), ``T`` (days), ``x, y, z`` (seed position, mm in the anatomy's world
+space). The initial condition is :class:`simulators.seed.Seed` centred at (x, y, z), zero outside tissue.
+
+Numerics (chosen by measurement; see ``docs/solver.md``): cell-centred finite volumes with harmonic-mean
+face diffusivities, Strang splitting with the exact logistic flow, forward-Euler diffusion at a fraction of
+its stability limit, float32, one fused kernel per step (:mod:`simulators.stencil`), and a working box that
+follows the tumour: the solve covers only the part of the grid the tumour has reached (to a density of
+``box_tolerance``) and grows as the front advances. Batches share the box and run one kernel per step; each
+sample keeps its own time step, and samples that have reached their T leave the active batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from simulators.anatomy import Anatomy
+from simulators.seed import Seed
+from simulators.stencil import diffusion_reaction_step, face_coefficients, logistic
+
+PARAMETER_NAMES = ("D_w", "rho", "T", "x", "y", "z")
+PARAMETER_UNITS = {"D_w": "mm^2/day", "rho": "1/day", "T": "day", "x": "mm", "y": "mm", "z": "mm"}
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Time steps chosen per sample: ``steps[b]`` steps of ``dt[b]`` days cover ``T[b]`` exactly."""
+
+    steps: np.ndarray
+    dt: np.ndarray
+
+
+@dataclass(frozen=True)
+class FisherKolmogorov:
+    """Batched Fisher–Kolmogorov simulator (see the module docstring for the model and numerics).
+
+    Attributes:
+        gm_ratio: D_g / D_w (0.1 in Swanson et al. and GliomaSolver).
+        seed: shape and amplitude of the initial condition.
+        stability: time step as a fraction of the forward-Euler limit dt·D_w·max Σk = 1 (≤ 1 keeps
+            the maximum principle, so u stays in [0, 1]).
+        max_growth_step: upper bound on ρ·dt, the reaction advanced per step.
+        time_step_factor: multiplies every time step (below 1 for convergence studies).
+        box_tolerance: density at the working box's walls above which the box grows.
+        backend: ``"auto"`` (numba kernel on CPU, torch elsewhere), ``"numba"`` or ``"torch"``.
+    """
+
+    gm_ratio: float = 0.1
+    seed: Seed = field(default_factory=Seed)
+    stability: float = 0.9
+    max_growth_step: float = 0.1
+    time_step_factor: float = 1.0
+    box_tolerance: float = 1e-6
+    backend: str = "auto"
+
+    parameter_names: ClassVar[tuple[str, ...]] = PARAMETER_NAMES
+    _guard: ClassVar[int] = 4  # box walls are checked every _guard steps over _guard layers
+
+    def __post_init__(self) -> None:
+        if not self.gm_ratio >= 0:
+            raise ValueError(f"gm_ratio must be >= 0, got {self.gm_ratio}")
+        if not 0 < self.stability <= 1:
+            raise ValueError(f"stability must lie in (0, 1], got {self.stability}")
+        if not self.max_growth_step > 0 or not self.time_step_factor > 0:
+            raise ValueError("max_growth_step and time_step_factor must be positive")
+        if self.backend not in ("auto", "numba", "torch"):
+            raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {self.backend!r}")
+
+    # ------------------------------------------------------------------ planning
+    def plan(self, params: torch.Tensor, anatomy: Anatomy) -> StepPlan:
+        """Per-sample number of steps and step length for ``params[B, 6]`` on ``anatomy``."""
+        values = _check_params(params)
+        d_w, rho, t_end = values[:, 0], values[:, 1], values[:, 2]
+        kappa = 2.0 * max(1.0, self.gm_ratio) * sum(1.0 / h**2 for h in anatomy.spacing_mm)
+        dt_diffusion = self.stability / (d_w * kappa)
+        with np.errstate(divide="ignore"):
+            dt_growth = np.where(rho > 0, self.max_growth_step / np.where(rho > 0, rho, 1.0), np.inf)
+        dt_max = self.time_step_factor * np.minimum(dt_diffusion, dt_growth)
+        steps = np.where(t_end > 0, np.ceil(t_end / dt_max - 1e-9), 0).astype(np.int64)
+        dt = np.where(steps > 0, t_end / np.maximum(steps, 1), 0.0)
+        return StepPlan(steps=steps, dt=dt)
+
+    # ------------------------------------------------------------------ initial condition
+    def initial_density(self, params: torch.Tensor, anatomy: Anatomy) -> torch.Tensor:
+        """u(0) for each sample, ``[B, *anatomy.shape]`` on ``params.device``."""
+        values = _check_params(params)
+        box = _Box(np.zeros(3), np.asarray(anatomy.shape))
+        u = self._seed_box(values, anatomy, box)
+        return u[:, 1:-1, 1:-1, 1:-1].to(params.device)
+
+    def _seed_extent(self, values: np.ndarray, anatomy: Anatomy) -> tuple[np.ndarray, np.ndarray]:
+        """Voxel index ranges ``[lo, hi)`` (``[B, 3]`` each) covering each seed's support."""
+        centres = anatomy.world_to_voxel(values[:, 3:6])
+        inverse = np.linalg.inv(anatomy.affine)[:3, :3]
+        half = self.seed.support_mm * np.linalg.norm(inverse, axis=1) + 1.0
+        shape = np.asarray(anatomy.shape)
+        lo = np.clip(np.floor(centres - half).astype(np.int64), 0, shape)
+        hi = np.clip(np.ceil(centres + half).astype(np.int64) + 1, 0, shape)
+        return lo, hi
+
+    def _seed_box(self, values: np.ndarray, anatomy: Anatomy, box: _Box) -> torch.Tensor:
+        """Padded initial state ``[B, X+2, Y+2, Z+2]`` (CPU float32) of ``box``."""
+        u = torch.zeros((len(values), *(n + 2 for n in box.size)), dtype=torch.float32)
+        lo, hi = self._seed_extent(values, anatomy)
+        for b in range(len(values)):
+            a = np.maximum(lo[b], box.lo)
+            z = np.minimum(hi[b], box.hi)
+            if np.any(z <= a):
+                continue
+            index = np.stack(np.meshgrid(*(np.arange(p, q) for p, q in zip(a, z)), indexing="ij"), axis=-1)
+            r = np.linalg.norm(anatomy.voxel_to_world(index) - values[b, 3:6], axis=-1)
+            region = tuple(slice(p, q) for p, q in zip(a, z))
+            density = self.seed.profile(r) * ((anatomy.wm[region] + anatomy.gm[region]) > 0)
+            local = tuple(slice(p - o + 1, q - o + 1) for p, q, o in zip(a, z, box.lo))
+            u[(b, *local)] = torch.from_numpy(density.astype(np.float32))
+        return u
+
+    # ------------------------------------------------------------------ simulation
+    def simulate(self, params: torch.Tensor, anatomy: Anatomy, *, progress: bool = False) -> torch.Tensor:
+        """Tumour cell density at time T for each row of ``params[B, 6]``: ``[B, *anatomy.shape]``.
+
+        Runs on ``params.device``. ``progress`` shows a progress bar over time steps.
+        """
+        values = _check_params(params)
+        device = params.device
+        backend = self.backend if self.backend != "auto" else ("numba" if device.type == "cpu" else "torch")
+        if backend == "numba" and device.type != "cpu":
+            raise ValueError("the numba backend runs on CPU tensors only")
+        batch = len(values)
+        density = torch.zeros((batch, *anatomy.shape), dtype=torch.float32, device=device)
+        if batch == 0:
+            return density
+
+        plan = self.plan(params, anatomy)
+        lo, hi = self._seed_extent(values, anatomy)
+        box = _Box(lo.min(axis=0), hi.max(axis=0)).grown(np.full((2, 3), 2), anatomy.shape)
+        if np.any(box.size <= 0):
+            return density  # every seed lies outside the grid: no tumour
+
+        order = np.argsort(-plan.steps, kind="stable")  # active samples form a prefix of the batch
+        steps = plan.steps[order]
+        d_w, rho = values[order, 0], values[order, 1]
+        scale = torch.as_tensor(plan.dt[order] * d_w, dtype=torch.float32, device=device)
+        growth = torch.as_tensor(np.exp(rho * plan.dt[order]), dtype=torch.float32, device=device)
+        half_growth = torch.as_tensor(np.exp(0.5 * rho * plan.dt[order]), dtype=torch.float32, device=device)
+
+        u = logistic(self._seed_box(values[order], anatomy, box).to(device), half_growth)
+        out = torch.zeros_like(u)
+        coefficients = self._coefficients(anatomy, box, device)
+        finishing = torch.as_tensor(steps - 1, device=device)
+        total = int(steps[0])
+        active = batch
+        with tqdm(total=total, disable=not progress, desc="simulate", unit="step", leave=False) as bar:
+            for n in range(total):
+                now_active = int(np.searchsorted(-steps, -n, side="left"))  # samples with steps > n
+                if now_active < active:  # finished samples keep their final state in both buffers
+                    out[now_active:active] = u[now_active:active]
+                    active = now_active
+                step_growth = torch.where(finishing[:active] == n, half_growth[:active], growth[:active])
+                diffusion_reaction_step(
+                    u[:active], out[:active], coefficients, scale[:active], step_growth, backend
+                )
+                u, out = out, u
+                if (n + 1) % self._guard == 0:
+                    grown = self._grow(u[:active], box, anatomy.shape)
+                    if grown is not None:
+                        u, out = _rebox(u, box, grown), _rebox(out, box, grown)
+                        box = grown
+                        coefficients = self._coefficients(anatomy, box, device)
+                bar.update(1)
+
+        inverse = np.argsort(order)
+        region = tuple(slice(int(a), int(b)) for a, b in zip(box.lo, box.hi))
+        density[(slice(None), *region)] = u[inverse][:, 1:-1, 1:-1, 1:-1].clamp_(0.0, 1.0)
+        return density
+
+    def _coefficients(
+        self, anatomy: Anatomy, box: _Box, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Face coefficients of ``box`` as float32 tensors on ``device``."""
+        d = np.zeros(tuple(int(n) + 2 for n in box.size), dtype=np.float32)
+        lo = np.maximum(box.lo - 1, 0)
+        hi = np.minimum(box.hi + 1, anatomy.shape)
+        region = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        local = tuple(slice(int(a - o + 1), int(b - o + 1)) for a, b, o in zip(lo, hi, box.lo))
+        d[local] = anatomy.wm[region] + np.float32(self.gm_ratio) * anatomy.gm[region]
+        return tuple(torch.from_numpy(k).to(device) for k in face_coefficients(d, anatomy.spacing_mm))
+
+    def _grow(self, u: torch.Tensor, box: _Box, shape: tuple[int, int, int]) -> _Box | None:
+        """A larger box when density above ``box_tolerance`` reaches the walls of ``box``; else None."""
+        g = self._guard
+        pad = np.zeros((2, 3), dtype=np.int64)
+        step = np.maximum(8, box.size // 4)
+        for axis in range(3):
+            for side, layers in ((0, slice(1, 1 + g)), (1, slice(-1 - g, -1))):
+                at_edge = box.lo[axis] == 0 if side == 0 else box.hi[axis] == shape[axis]
+                if at_edge:
+                    continue
+                index = [slice(None)] * 4
+                index[axis + 1] = layers
+                if float(u[tuple(index)].max()) > self.box_tolerance:
+                    pad[side, axis] = step[axis]
+        return box.grown(pad, shape) if pad.any() else None
+
+
+@dataclass(frozen=True)
+class _Box:
+    """Index range ``[lo, hi)`` of the working box in the anatomy's grid."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lo", np.asarray(self.lo, dtype=np.int64))
+        object.__setattr__(self, "hi", np.asarray(self.hi, dtype=np.int64))
+
+    @property
+    def size(self) -> np.ndarray:
+        return self.hi - self.lo
+
+    def grown(self, pad: np.ndarray, shape: tuple[int, int, int]) -> _Box:
+        """This box extended by ``pad[0]`` below and ``pad[1]`` above, clipped to ``shape``."""
+        return _Box(np.maximum(self.lo - pad[0], 0), np.minimum(self.hi + pad[1], shape))
+
+
+def _rebox(u: torch.Tensor, old: _Box, new: _Box) -> torch.Tensor:
+    """Padded state of ``old`` copied into a zero padded state of the enclosing box ``new``."""
+    grown = torch.zeros((u.shape[0], *(int(n) + 2 for n in new.size)), dtype=u.dtype, device=u.device)
+    offset = old.lo - new.lo
+    inner = tuple(slice(int(o) + 1, int(o + n) + 1) for o, n in zip(offset, old.size))
+    grown[(slice(None), *inner)] = u[:, 1:-1, 1:-1, 1:-1]
+    return grown
+
+
+def _check_params(params: torch.Tensor) -> np.ndarray:
+    """Validate ``params[B, 6]`` and return it as float64 numpy."""
+    if not isinstance(params, torch.Tensor) or params.dim() != 2 or params.shape[1] != len(PARAMETER_NAMES):
+        shape = tuple(params.shape) if isinstance(params, torch.Tensor) else type(params).__name__
+        raise ValueError(f"params must be a tensor [B, {len(PARAMETER_NAMES)}] of {PARAMETER_NAMES}, got {shape}")
+    values = params.detach().to("cpu", torch.float64).numpy()
+    if not np.all(np.isfinite(values)):
+        raise ValueError("params hold NaN or infinite values")
+    for column, name, low in ((0, "D_w", 0.0), (1, "rho", 0.0), (2, "T", 0.0)):
+        bad = values[:, column] < low if name != "D_w" else values[:, column] <= low
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise ValueError(f"{name} must be {'positive' if name == 'D_w' else 'non-negative'}, row {row} has "
+                             f"{values[row, column]}")
+    return values
+
+
+def front_speed(d_w: float, rho: float) -> float:
+    """Asymptotic speed 2·√(Dρ) (mm/day) of a Fisher–KPP travelling front in homogeneous tissue."""
+    return 2.0 * math.sqrt(d_w * rho)
