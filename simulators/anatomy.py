@@ -3,13 +3,30 @@
 An :class:`Anatomy` is what every simulator integrates on. It carries white matter, grey matter and CSF
 probabilities (float32, same shape) together with the 4×4 voxel-to-world ``affine`` (millimetres, RAS+ as in
 NIfTI), so densities computed on it can be written back as NIfTI images that overlay the input.
+
+Every operation that changes the grid (:meth:`Anatomy.resample`, :meth:`Anatomy.crop`) keeps world
+coordinates: a point in millimetres lies on the same tissue before and after, so seeds and results given in
+world millimetres stay valid. :meth:`Anatomy.mirrored` is the one deliberate change of world content.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from itertools import product
 
 import numpy as np
+from scipy import ndimage, sparse
+
+from simulators.nifti import NiftiError, Volume, read_volume
+
+PathLike = str | os.PathLike[str]
+
+PROBABILITY_TOLERANCE = 1e-3
+"""How far outside [0, 1] a tissue map may stray (rounding in stored files) before it is refused."""
+
+AFFINE_TOLERANCE_MM = 1e-3
+"""Largest distance between the grids' corner voxels, in mm, for two tissue maps to count as one grid."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,3 +92,210 @@ class Anatomy:
         """Map continuous voxel indices ``[..., 3]`` to world coordinates ``[..., 3]`` (mm)."""
         idx = np.asarray(indices, dtype=np.float64)
         return idx @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+    @classmethod
+    def from_nifti(cls, wm: PathLike, gm: PathLike, csf: PathLike | None = None) -> Anatomy:
+        """Read white-matter, grey-matter and (optionally) CSF maps from NIfTI files.
+
+        The maps are probabilities or binary masks in [0, 1] (values within ``PROBABILITY_TOLERANCE`` of that
+        range are clipped into it); a missing CSF map means zero CSF. All are read with
+        :func:`simulators.nifti.read_volume`, so the anatomy is in canonical RAS+ orientation whatever the
+        files' own. Where ``wm + gm + csf`` exceeds 1 the three are scaled down to sum to 1.
+
+        Raises:
+            NiftiError: naming the offending file, for anything ``read_volume`` refuses, values outside
+                [0, 1], a shape or grid (corner voxels more than ``AFFINE_TOLERANCE_MM`` apart) that differs
+                from the white-matter map's, and white- and grey-matter maps that hold no tissue at all.
+        """
+        reference = read_volume(wm)
+        maps = {"wm": _probabilities(reference)}
+        for name, path in (("gm", gm), ("csf", csf)):
+            if path is None:
+                maps[name] = np.zeros_like(maps["wm"])
+                continue
+            volume = read_volume(path)
+            _check_same_grid(volume, reference)
+            maps[name] = _probabilities(volume)
+        if not np.any(maps["wm"] + maps["gm"] > 0):
+            raise NiftiError(reference.path, f"no tissue: this white-matter map and the grey-matter map {gm} "
+                                             "are zero everywhere")
+        total = maps["wm"] + maps["gm"] + maps["csf"]
+        scale = np.where(total > 1.0, 1.0 / np.maximum(total, 1.0), 1.0).astype(np.float32)
+        return cls(wm=maps["wm"] * scale, gm=maps["gm"] * scale, csf=maps["csf"] * scale, affine=reference.affine)
+
+    def resample(self, spacing_mm: float | tuple[float, float, float] = 2.0) -> Anatomy:
+        """The same anatomy on a grid of another spacing, in the same world coordinates.
+
+        The new grid has the same orientation (direction cosines of the affine's columns) and the same
+        field-of-view corner: the outer edge of voxel 0 (its centre minus half a voxel along each axis) sits at
+        the same world point. Along each axis it has ``ceil(extent / spacing)`` voxels, so it covers the whole
+        old field of view (and at most one new voxel more, filled with background).
+
+        Values: along an axis that gets coarser, each new voxel is the overlap-weighted mean of the old voxels
+        it covers (conservative remapping: total tissue volume, ``sum × voxel volume``, is kept exactly, and
+        partial volumes stay probabilities); along an axis that gets finer, linear interpolation between old
+        voxel centres. Both act one axis at a time, which is exact for this separable box geometry.
+        """
+        spacing = _spacing_triple(spacing_mm)
+        old_spacing = np.asarray(self.spacing_mm)
+        extents = np.asarray(self.shape) * old_spacing
+        shape = tuple(max(1, int(np.ceil(e / s - 1e-6))) for e, s in zip(extents, spacing))
+        affine = np.eye(4)
+        affine[:3, :3] = self.affine[:3, :3] / old_spacing * spacing
+        corner = self.voxel_to_world(np.full(3, -0.5))
+        affine[:3, 3] = corner + 0.5 * affine[:3, :3].sum(axis=1)
+        weights = [_axis_weights(n_old, n_new, s / s_old)
+                   for n_old, n_new, s, s_old in zip(self.shape, shape, spacing, old_spacing)]
+        maps = {name: _apply_along_axes(getattr(self, name), weights) for name in ("wm", "gm", "csf")}
+        return Anatomy(**maps, affine=affine)
+
+    def resample_array_to(self, array: np.ndarray, target: Anatomy) -> np.ndarray:
+        """Carry an array on this anatomy's grid onto ``target``'s grid, through world coordinates.
+
+        Trilinear interpolation at the world positions of ``target``'s voxel centres (nearest value in the
+        half voxel at this grid's border); zero where ``target`` reaches outside this field of view. Used to
+        write a density computed on a resampled grid back on the input grid.
+        """
+        array = np.asarray(array)
+        if array.shape != self.shape:
+            raise ValueError(f"array of shape {array.shape} does not lie on this grid {self.shape}")
+        indices = np.indices(target.shape, dtype=np.float64).reshape(3, -1).T
+        here = self.world_to_voxel(target.voxel_to_world(indices)).T
+        values = ndimage.map_coordinates(array.astype(np.float32, copy=False), here, order=1, mode="nearest")
+        inside = np.all((here >= -0.5) & (here <= np.asarray(self.shape)[:, None] - 0.5), axis=0)
+        return np.where(inside, values, 0.0).reshape(target.shape).astype(np.float32)
+
+    def crop(self, slices: tuple[slice, slice, slice]) -> Anatomy:
+        """The sub-grid ``self.wm[slices]`` (likewise gm, csf), with its affine shifted to keep world positions.
+
+        Voxel ``(i, j, k)`` of the crop lies at the world position of voxel ``(i + a, j + b, k + c)`` of this
+        anatomy, where ``(a, b, c)`` are the slice starts. Slices take the usual Python bounds (negative and
+        open ends allowed) but must have step 1 and select at least one voxel.
+        """
+        if len(slices) != 3 or not all(isinstance(s, slice) for s in slices):
+            raise ValueError(f"crop takes three slices, got {slices!r}")
+        bounds = [s.indices(n) for s, n in zip(slices, self.shape)]
+        if any(step != 1 or stop <= start for start, stop, step in bounds):
+            raise ValueError(f"crop slices must have step 1 and select voxels, got {slices!r} on {self.shape}")
+        box = tuple(slice(start, stop) for start, stop, _ in bounds)
+        affine = self.affine.copy()
+        affine[:3, 3] = self.voxel_to_world(np.array([start for start, _, _ in bounds], dtype=np.float64))
+        return Anatomy(wm=self.wm[box], gm=self.gm[box], csf=self.csf[box], affine=affine)
+
+    def crop_to_tissue(self, margin_voxels: int = 2) -> Anatomy:
+        """:meth:`crop` to the bounding box of every voxel with any WM, GM or CSF, plus ``margin_voxels``.
+
+        The margin is clamped at the grid's border; nothing with a non-zero probability is cut away.
+        """
+        if margin_voxels < 0:
+            raise ValueError(f"margin_voxels must be non-negative, got {margin_voxels}")
+        occupied = (self.wm > 0) | (self.gm > 0) | (self.csf > 0)
+        if not occupied.any():
+            raise ValueError("the anatomy holds no tissue to crop to")
+        slices = []
+        for axis, n in enumerate(self.shape):
+            hits = np.flatnonzero(occupied.any(axis=tuple(a for a in range(3) if a != axis)))
+            slices.append(slice(max(0, hits[0] - margin_voxels), min(n, hits[-1] + 1 + margin_voxels)))
+        return self.crop(tuple(slices))  # type: ignore[arg-type]
+
+    def mirrored(self, axis: int) -> Anatomy:
+        """The mirror image of this anatomy across the grid's mid-plane of array axis ``axis``.
+
+        The maps are flipped along ``axis`` (voxel ``i`` takes the values of voxel ``n - 1 - i``) on the same
+        grid, so the affine is unchanged. In world space this is the reflection :meth:`mirror_point`: the
+        tissue that sat at world point ``p`` now sits at ``mirror_point(p, axis)``. For an affine with
+        orthogonal columns (no shear) that reflection is the ordinary mirror across the plane through the grid
+        centre perpendicular to the axis's world direction; with shear it is the oblique reflection along that
+        direction which keeps the plane spanned by the other two axes through the grid centre. Mirroring twice
+        gives the original.
+        """
+        axis = _check_axis(axis)
+        flip = {name: np.flip(getattr(self, name), axis) for name in ("wm", "gm", "csf")}
+        return Anatomy(**flip, affine=self.affine)
+
+    def mirror_point(self, point_mm: np.ndarray, axis: int) -> np.ndarray:
+        """World points ``[..., 3]`` (mm) reflected as :meth:`mirrored` reflects the anatomy.
+
+        Continuous index ``x`` along ``axis`` becomes ``n - 1 - x``; the other indices stay. Use it to move a
+        seed position together with the anatomy.
+        """
+        axis = _check_axis(axis)
+        indices = self.world_to_voxel(point_mm)
+        indices[..., axis] = self.shape[axis] - 1 - indices[..., axis]
+        return self.voxel_to_world(indices)
+
+
+def _probabilities(volume: Volume) -> np.ndarray:
+    """The volume's values as probabilities, refusing values outside [0, 1] beyond rounding."""
+    low, high = float(volume.data.min()), float(volume.data.max())
+    if low < -PROBABILITY_TOLERANCE or high > 1.0 + PROBABILITY_TOLERANCE:
+        raise NiftiError(volume.path, f"values span [{low:g}, {high:g}]; a tissue map holds probabilities "
+                                      "or a binary mask in [0, 1]")
+    return np.clip(volume.data, 0.0, 1.0)
+
+
+def _check_same_grid(volume: Volume, reference: Volume) -> None:
+    """Refuse ``volume`` unless it has ``reference``'s shape and places its corner voxels at the same points."""
+    if volume.data.shape != reference.data.shape:
+        raise NiftiError(volume.path, f"shape {volume.data.shape} differs from {reference.data.shape} of "
+                                      f"{reference.path}")
+    corners = np.array(list(product(*[(0, n - 1) for n in reference.data.shape])), dtype=np.float64)
+    offset = np.linalg.norm(corners @ (volume.affine - reference.affine)[:3, :3].T
+                            + (volume.affine - reference.affine)[:3, 3], axis=1).max()
+    if offset > AFFINE_TOLERANCE_MM:
+        raise NiftiError(volume.path, f"affine differs from that of {reference.path}: voxels up to "
+                                      f"{offset:.3g} mm apart")
+
+
+def _spacing_triple(spacing_mm: float | tuple[float, float, float]) -> np.ndarray:
+    """A positive, finite spacing per axis from one number or three."""
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    if spacing.ndim == 0:
+        spacing = np.full(3, float(spacing))
+    if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise ValueError(f"spacing_mm must be a positive number or three, got {spacing_mm!r}")
+    return spacing
+
+
+def _check_axis(axis: int) -> int:
+    if axis not in (0, 1, 2):
+        raise ValueError(f"axis must be 0, 1 or 2, got {axis!r}")
+    return int(axis)
+
+
+def _axis_weights(n_old: int, n_new: int, ratio: float) -> sparse.csr_array:
+    """The ``n_new × n_old`` matrix that resamples one axis, new voxel size = ``ratio`` × old voxel size.
+
+    Positions are in old voxel units with old voxel ``j`` covering ``[j, j + 1)`` and new voxel ``i``
+    covering ``[i·ratio, (i + 1)·ratio)``, both from the common field-of-view corner. Coarser (``ratio ≥ 1``):
+    weight = overlap length / ``ratio`` (the mean over the new voxel, background beyond the old grid).
+    Finer: linear interpolation at the new centre ``(i + ½)·ratio − ½`` in old index units, clamped to the
+    outermost old centres.
+    """
+    rows, cols, values = [], [], []
+    for i in range(n_new):
+        if ratio >= 1.0:
+            start, stop = i * ratio, (i + 1) * ratio
+            for j in range(int(np.floor(start)), min(n_old, int(np.ceil(stop)))):
+                overlap = min(stop, j + 1) - max(start, j)
+                if overlap > 0:
+                    rows.append(i)
+                    cols.append(j)
+                    values.append(overlap / ratio)
+        else:
+            x = min(max((i + 0.5) * ratio - 0.5, 0.0), n_old - 1.0)
+            j = min(int(np.floor(x)), n_old - 2) if n_old > 1 else 0
+            fraction = x - j
+            rows += [i, i]
+            cols += [j, min(j + 1, n_old - 1)]
+            values += [1.0 - fraction, fraction]
+    return sparse.csr_array((np.asarray(values, np.float32), (rows, cols)), shape=(n_new, n_old))
+
+
+def _apply_along_axes(array: np.ndarray, weights: list[sparse.csr_array]) -> np.ndarray:
+    """Apply one resampling matrix per axis (separable resampling)."""
+    for axis, matrix in enumerate(weights):
+        moved = np.moveaxis(array, axis, 0)
+        flat = matrix @ moved.reshape(moved.shape[0], -1)
+        array = np.moveaxis(flat.reshape((matrix.shape[0],) + moved.shape[1:]), 0, axis)
+    return np.ascontiguousarray(array, dtype=np.float32)
