@@ -134,7 +134,8 @@ class Anatomy:
         Values: along an axis that gets coarser, each new voxel is the overlap-weighted mean of the old voxels
         it covers (conservative remapping: total tissue volume, ``sum × voxel volume``, is kept exactly, and
         partial volumes stay probabilities); along an axis that gets finer, linear interpolation between old
-        voxel centres. Both act one axis at a time, which is exact for this separable box geometry.
+        voxel centres (the outermost value in the half voxel beyond them). Both act one axis at a time, which
+        is exact for this separable box geometry.
         """
         spacing = _spacing_triple(spacing_mm)
         old_spacing = np.asarray(self.spacing_mm)
@@ -144,24 +145,31 @@ class Anatomy:
         affine[:3, :3] = self.affine[:3, :3] / old_spacing * spacing
         corner = self.voxel_to_world(np.full(3, -0.5))
         affine[:3, 3] = corner + 0.5 * affine[:3, :3].sum(axis=1)
-        weights = [_axis_weights(n_old, n_new, s / s_old)
-                   for n_old, n_new, s, s_old in zip(self.shape, shape, spacing, old_spacing)]
+        weights = [_box_weights(n_old, n_new, ratio) if ratio >= 1.0
+                   else _linear_weights((np.arange(n_new) + 0.5) * ratio - 0.5, n_old)
+                   for n_old, n_new, ratio in zip(self.shape, shape, spacing / old_spacing)]
         maps = {name: _apply_along_axes(getattr(self, name), weights) for name in ("wm", "gm", "csf")}
         return Anatomy(**maps, affine=affine)
 
     def resample_array_to(self, array: np.ndarray, target: Anatomy) -> np.ndarray:
         """Carry an array on this anatomy's grid onto ``target``'s grid, through world coordinates.
 
-        Trilinear interpolation at the world positions of ``target``'s voxel centres (nearest value in the
-        half voxel at this grid's border); zero where ``target`` reaches outside this field of view. Used to
-        write a density computed on a resampled grid back on the input grid.
+        Trilinear interpolation at the world positions of ``target``'s voxel centres (the outermost value in
+        the half voxel beyond this grid's outer centres); zero where ``target`` reaches outside this field of
+        view. Used to write a density computed on a resampled grid back on the input grid. When the two grids
+        share axis directions (as after :meth:`resample` or :meth:`crop`) it runs one axis at a time.
         """
-        array = np.asarray(array)
+        array = np.asarray(array, dtype=np.float32)
         if array.shape != self.shape:
             raise ValueError(f"array of shape {array.shape} does not lie on this grid {self.shape}")
-        indices = np.indices(target.shape, dtype=np.float64).reshape(3, -1).T
-        here = self.world_to_voxel(target.voxel_to_world(indices)).T
-        values = ndimage.map_coordinates(array.astype(np.float32, copy=False), here, order=1, mode="nearest")
+        to_here = np.linalg.inv(self.affine) @ target.affine  # target voxel index -> index on this grid
+        if np.allclose(to_here[:3, :3], np.diag(np.diag(to_here[:3, :3])), rtol=0, atol=1e-9):
+            weights = [_linear_weights(to_here[a, a] * np.arange(target.shape[a]) + to_here[a, 3], self.shape[a])
+                       for a in range(3)]
+            return _apply_along_axes(array, weights)
+        indices = np.indices(target.shape, dtype=np.float64).reshape(3, -1)
+        here = to_here[:3, :3] @ indices + to_here[:3, 3:]
+        values = ndimage.map_coordinates(array, here, order=1, mode="nearest")
         inside = np.all((here >= -0.5) & (here <= np.asarray(self.shape)[:, None] - 0.5), axis=0)
         return np.where(inside, values, 0.0).reshape(target.shape).astype(np.float32)
 
@@ -258,38 +266,46 @@ def _spacing_triple(spacing_mm: float | tuple[float, float, float]) -> np.ndarra
 
 
 def _check_axis(axis: int) -> int:
+    """``axis`` if it names an array axis of a 3D grid."""
     if axis not in (0, 1, 2):
         raise ValueError(f"axis must be 0, 1 or 2, got {axis!r}")
     return int(axis)
 
 
-def _axis_weights(n_old: int, n_new: int, ratio: float) -> sparse.csr_array:
-    """The ``n_new × n_old`` matrix that resamples one axis, new voxel size = ``ratio`` × old voxel size.
+def _box_weights(n_old: int, n_new: int, ratio: float) -> sparse.csr_array:
+    """The ``n_new × n_old`` matrix that averages one axis onto voxels ``ratio ≥ 1`` times larger.
 
     Positions are in old voxel units with old voxel ``j`` covering ``[j, j + 1)`` and new voxel ``i``
-    covering ``[i·ratio, (i + 1)·ratio)``, both from the common field-of-view corner. Coarser (``ratio ≥ 1``):
-    weight = overlap length / ``ratio`` (the mean over the new voxel, background beyond the old grid).
-    Finer: linear interpolation at the new centre ``(i + ½)·ratio − ½`` in old index units, clamped to the
-    outermost old centres.
+    covering ``[i·ratio, (i + 1)·ratio)``, both from the common field-of-view corner; weight = overlap length
+    / ``ratio``, i.e. the mean over the new voxel with background beyond the old grid.
     """
     rows, cols, values = [], [], []
     for i in range(n_new):
-        if ratio >= 1.0:
-            start, stop = i * ratio, (i + 1) * ratio
-            for j in range(int(np.floor(start)), min(n_old, int(np.ceil(stop)))):
-                overlap = min(stop, j + 1) - max(start, j)
-                if overlap > 0:
-                    rows.append(i)
-                    cols.append(j)
-                    values.append(overlap / ratio)
-        else:
-            x = min(max((i + 0.5) * ratio - 0.5, 0.0), n_old - 1.0)
-            j = min(int(np.floor(x)), n_old - 2) if n_old > 1 else 0
-            fraction = x - j
-            rows += [i, i]
-            cols += [j, min(j + 1, n_old - 1)]
-            values += [1.0 - fraction, fraction]
+        start, stop = i * ratio, (i + 1) * ratio
+        for j in range(int(np.floor(start)), min(n_old, int(np.ceil(stop)))):
+            overlap = min(stop, j + 1) - max(start, j)
+            if overlap > 0:
+                rows.append(i)
+                cols.append(j)
+                values.append(overlap / ratio)
     return sparse.csr_array((np.asarray(values, np.float32), (rows, cols)), shape=(n_new, n_old))
+
+
+def _linear_weights(positions: np.ndarray, n_old: int) -> sparse.csr_array:
+    """The ``len(positions) × n_old`` matrix of linear interpolation at continuous old indices ``positions``.
+
+    Between the outermost old voxel centres: linear; in the half voxel beyond them: the outermost value;
+    further out (outside the old field of view): zero.
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    rows = np.flatnonzero((positions >= -0.5) & (positions <= n_old - 0.5))
+    x = np.clip(positions[rows], 0.0, n_old - 1.0)
+    left = np.minimum(np.floor(x).astype(int), max(n_old - 2, 0))
+    fraction = x - left
+    right = np.minimum(left + 1, n_old - 1)
+    values = np.concatenate([1.0 - fraction, fraction]).astype(np.float32)
+    return sparse.csr_array((values, (np.concatenate([rows, rows]), np.concatenate([left, right]))),
+                            shape=(len(positions), n_old))
 
 
 def _apply_along_axes(array: np.ndarray, weights: list[sparse.csr_array]) -> np.ndarray:
