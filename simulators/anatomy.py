@@ -119,8 +119,7 @@ class Anatomy:
         if not np.any(maps["wm"] + maps["gm"] > 0):
             raise NiftiError(reference.path, f"no tissue: this white-matter map and the grey-matter map {gm} "
                                              "are zero everywhere")
-        total = maps["wm"] + maps["gm"] + maps["csf"]
-        scale = np.where(total > 1.0, 1.0 / np.maximum(total, 1.0), 1.0).astype(np.float32)
+        scale = 1.0 / np.maximum(maps["wm"] + maps["gm"] + maps["csf"], 1.0)
         return cls(wm=maps["wm"] * scale, gm=maps["gm"] * scale, csf=maps["csf"] * scale, affine=reference.affine)
 
     def resample(self, spacing_mm: float | tuple[float, float, float] = 2.0) -> Anatomy:
@@ -129,13 +128,14 @@ class Anatomy:
         The new grid has the same orientation (direction cosines of the affine's columns) and the same
         field-of-view corner: the outer edge of voxel 0 (its centre minus half a voxel along each axis) sits at
         the same world point. Along each axis it has ``ceil(extent / spacing)`` voxels, so it covers the whole
-        old field of view (and at most one new voxel more, filled with background).
+        old field of view; where the last voxel reaches past it (by less than one new voxel), that part is
+        background.
 
         Values: along an axis that gets coarser, each new voxel is the overlap-weighted mean of the old voxels
         it covers (conservative remapping: total tissue volume, ``sum × voxel volume``, is kept exactly, and
         partial volumes stay probabilities); along an axis that gets finer, linear interpolation between old
-        voxel centres (the outermost value in the half voxel beyond them). Both act one axis at a time, which
-        is exact for this separable box geometry.
+        voxel centres as :meth:`resample_array_to` does. Both act one axis at a time, which is exact for this
+        separable box geometry.
         """
         spacing = _spacing_triple(spacing_mm)
         old_spacing = np.asarray(self.spacing_mm)
