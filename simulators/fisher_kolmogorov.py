@@ -35,10 +35,12 @@ PARAMETER_UNITS = {"D_w": "mm^2/day", "rho": "1/day", "T": "day", "x": "mm", "y"
 
 @dataclass(frozen=True)
 class StepPlan:
-    """Time steps chosen per sample: ``steps[b]`` steps of ``dt[b]`` days cover ``T[b]`` exactly."""
+    """Time steps chosen per sample: ``steps[b]`` steps of ``dt[b]`` days with ``integrator[b]`` cover
+    ``T[b]`` exactly."""
 
     steps: np.ndarray
     dt: np.ndarray
+    integrator: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,11 @@ class FisherKolmogorov:
         seed: shape and amplitude of the initial condition.
         stability: time step as a fraction of the forward-Euler limit dt·D_w·max Σk = 1 (≤ 1 keeps
             the maximum principle, so u stays in [0, 1]).
-        max_growth_step: upper bound on ρ·dt, the reaction advanced per step.
+        max_growth_step: upper bound on ρ·dt, the reaction advanced per forward-Euler step.
+        heun_growth_step: the same bound for Heun steps (second order: a larger step, equal accuracy).
         time_step_factor: multiplies every time step (below 1 for convergence studies).
         box_tolerance: density at the working box's walls above which the box grows.
+        integrator: ``"euler"``, ``"heun"`` (SSP-RK2 diffusion) or ``"auto"`` (cheaper of the two).
         backend: ``"auto"`` (numba kernel on CPU, torch elsewhere), ``"numba"`` or ``"torch"``.
     """
 
@@ -61,11 +65,13 @@ class FisherKolmogorov:
     stability: float = 0.9
     max_growth_step: float = 0.1
     time_step_factor: float = 1.0
+    heun_growth_step: float = 0.5
     box_tolerance: float = 1e-6
+    integrator: str = "auto"
     backend: str = "auto"
 
     parameter_names: ClassVar[tuple[str, ...]] = PARAMETER_NAMES
-    _guard: ClassVar[int] = 4  # box walls are checked every _guard steps over _guard layers
+    _guard: ClassVar[int] = 4  # box walls are checked over _guard layers every _guard stencil passes
 
     def __post_init__(self) -> None:
         if not self.gm_ratio >= 0:
@@ -74,22 +80,46 @@ class FisherKolmogorov:
             raise ValueError(f"stability must lie in (0, 1], got {self.stability}")
         if not self.max_growth_step > 0 or not self.time_step_factor > 0:
             raise ValueError("max_growth_step and time_step_factor must be positive")
+        if self.integrator not in ("auto", "euler", "heun"):
+            raise ValueError(f"integrator must be 'auto', 'euler' or 'heun', got {self.integrator!r}")
         if self.backend not in ("auto", "numba", "torch"):
             raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {self.backend!r}")
 
     # ------------------------------------------------------------------ planning
     def plan(self, params: torch.Tensor, anatomy: Anatomy) -> StepPlan:
-        """Per-sample number of steps and step length for ``params[B, 6]`` on ``anatomy``."""
+        """Per-sample integrator, number of steps and step length for ``params[B, 6]`` on ``anatomy``.
+
+        The step is the smaller of ``stability`` × the forward-Euler limit and the reaction bound
+        ρ·dt ≤ ``max_growth_step`` (forward Euler) or ``heun_growth_step`` (Heun, second order). Under
+        ``integrator="auto"`` each sample gets the integrator that needs fewer stencil passes (Heun costs
+        two per step); the choice depends on the sample alone, never on the rest of the batch.
+        """
         values = _check_params(params)
+        euler, heun = self._plan(values, anatomy, "euler"), self._plan(values, anatomy, "heun")
+        if self.integrator == "auto":
+            use_heun = 2 * heun.steps < euler.steps
+        else:
+            use_heun = np.full(len(values), self.integrator == "heun")
+        return StepPlan(
+            steps=np.where(use_heun, heun.steps, euler.steps),
+            dt=np.where(use_heun, heun.dt, euler.dt),
+            integrator=np.where(use_heun, "heun", "euler"),
+        )
+
+    def _plan(self, values: np.ndarray, anatomy: Anatomy, integrator: str) -> StepPlan:
         d_w, rho, t_end = values[:, 0], values[:, 1], values[:, 2]
-        kappa = 2.0 * max(1.0, self.gm_ratio) * sum(1.0 / h**2 for h in anatomy.spacing_mm)
+        # max over voxels of Σ_faces k ≤ 2·max(d)·Σ 1/h² over axes that have neighbours
+        kappa = 2.0 * max(1.0, self.gm_ratio) * sum(
+            1.0 / h**2 for h, n in zip(anatomy.spacing_mm, anatomy.shape) if n > 1
+        )
         dt_diffusion = self.stability / (d_w * kappa)
+        growth_step = self.heun_growth_step if integrator == "heun" else self.max_growth_step
         with np.errstate(divide="ignore"):
-            dt_growth = np.where(rho > 0, self.max_growth_step / np.where(rho > 0, rho, 1.0), np.inf)
+            dt_growth = np.where(rho > 0, growth_step / np.where(rho > 0, rho, 1.0), np.inf)
         dt_max = self.time_step_factor * np.minimum(dt_diffusion, dt_growth)
         steps = np.where(t_end > 0, np.ceil(t_end / dt_max - 1e-9), 0).astype(np.int64)
         dt = np.where(steps > 0, t_end / np.maximum(steps, 1), 0.0)
-        return StepPlan(steps=steps, dt=dt)
+        return StepPlan(steps=steps, dt=dt, integrator=np.full(len(values), integrator))
 
     # ------------------------------------------------------------------ initial condition
     def initial_density(self, params: torch.Tensor, anatomy: Anatomy) -> torch.Tensor:
@@ -143,47 +173,79 @@ class FisherKolmogorov:
             return density
 
         plan = self.plan(params, anatomy)
-        lo, hi = self._seed_extent(values, anatomy)
-        box = _Box(lo.min(axis=0), hi.max(axis=0)).grown(np.full((2, 3), 2), anatomy.shape)
-        if np.any(box.size <= 0):
-            return density  # every seed lies outside the grid: no tumour
-
-        order = np.argsort(-plan.steps, kind="stable")  # active samples form a prefix of the batch
-        steps = plan.steps[order]
-        d_w, rho = values[order, 0], values[order, 1]
-        scale = torch.as_tensor(plan.dt[order] * d_w, dtype=torch.float32, device=device)
-        growth = torch.as_tensor(np.exp(rho * plan.dt[order]), dtype=torch.float32, device=device)
-        half_growth = torch.as_tensor(np.exp(0.5 * rho * plan.dt[order]), dtype=torch.float32, device=device)
-
-        u = logistic(self._seed_box(values[order], anatomy, box).to(device), half_growth)
-        out = torch.zeros_like(u)
-        coefficients = self._coefficients(anatomy, box, device)
-        finishing = torch.as_tensor(steps - 1, device=device)
-        total = int(steps[0])
-        active = batch
-        with tqdm(total=total, disable=not progress, desc="simulate", unit="step", leave=False) as bar:
-            for n in range(total):
-                now_active = int(np.searchsorted(-steps, -n, side="left"))  # samples with steps > n
-                if now_active < active:  # finished samples keep their final state in both buffers
-                    out[now_active:active] = u[now_active:active]
-                    active = now_active
-                step_growth = torch.where(finishing[:active] == n, half_growth[:active], growth[:active])
-                diffusion_reaction_step(
-                    u[:active], out[:active], coefficients, scale[:active], step_growth, backend
-                )
-                u, out = out, u
-                if (n + 1) % self._guard == 0:
-                    grown = self._grow(u[:active], box, anatomy.shape)
-                    if grown is not None:
-                        u, out = _rebox(u, box, grown), _rebox(out, box, grown)
-                        box = grown
-                        coefficients = self._coefficients(anatomy, box, device)
-                bar.update(1)
-
-        inverse = np.argsort(order)
-        region = tuple(slice(int(a), int(b)) for a, b in zip(box.lo, box.hi))
-        density[(slice(None), *region)] = u[inverse][:, 1:-1, 1:-1, 1:-1].clamp_(0.0, 1.0)
+        with tqdm(total=int(sum(plan.steps[plan.integrator == name].max(initial=0) for name in ("euler", "heun"))),
+                  disable=not progress, desc="simulate", unit="step", leave=False) as bar:
+            for name in ("euler", "heun"):
+                group = np.flatnonzero(plan.integrator == name)
+                if len(group):
+                    self._integrate(values[group], plan.steps[group], plan.dt[group], name, anatomy, density,
+                                    group, backend, bar)
         return density
+
+    def _integrate(
+        self,
+        values: np.ndarray,
+        steps: np.ndarray,
+        dt: np.ndarray,
+        integrator: str,
+        anatomy: Anatomy,
+        density: torch.Tensor,
+        rows: np.ndarray,
+        backend: str,
+        bar: tqdm,
+    ) -> None:
+        """Integrate one group of samples sharing an integrator; write them into ``density[rows]``."""
+        device = density.device
+        lo, hi = self._seed_extent(values, anatomy)
+        box = _Box(lo.min(axis=0), hi.max(axis=0)).grown(np.full((2, 3), 2 * self._guard), anatomy.shape)
+        if np.any(box.size <= 0):
+            return  # every seed lies outside the grid: no tumour
+
+        order = np.argsort(-steps, kind="stable")  # active samples form a prefix of the batch
+        steps, values, dt, rows = steps[order], values[order], dt[order], rows[order]
+        d_w, rho = values[:, 0], values[:, 1]
+        scale = torch.as_tensor(dt * d_w, dtype=torch.float32, device=device)
+        growth = torch.as_tensor(np.exp(rho * dt), dtype=torch.float32, device=device)
+        half_growth = torch.as_tensor(np.exp(0.5 * rho * dt), dtype=torch.float32, device=device)
+        no_growth = torch.ones_like(growth)
+        finishing = torch.as_tensor(steps - 1, device=device)
+
+        u = logistic(self._seed_box(values, anatomy, box).to(device), half_growth)
+        out = torch.zeros_like(u)
+        stage = torch.zeros_like(u) if integrator == "heun" else None
+        coefficients = self._coefficients(anatomy, box, device)
+        active = len(values)
+        # a pass spreads density by one voxel: check the walls before it can cross the guard layers
+        check_every = self._guard // (2 if integrator == "heun" else 1)
+        for n in range(int(steps[0])):
+            now_active = int(np.searchsorted(-steps, -n, side="left"))  # samples with steps > n
+            if now_active < active:  # finished samples keep their final state in both buffers
+                out[now_active:active] = u[now_active:active]
+                active = now_active
+            step_growth = torch.where(finishing[:active] == n, half_growth[:active], growth[:active])
+            if integrator == "heun":
+                diffusion_reaction_step(u[:active], stage[:active], coefficients, scale[:active],
+                                        no_growth[:active], backend)
+                diffusion_reaction_step(stage[:active], out[:active], coefficients, scale[:active],
+                                        step_growth, backend, base=u[:active], keep=0.5)
+            else:
+                diffusion_reaction_step(u[:active], out[:active], coefficients, scale[:active], step_growth,
+                                        backend)
+            u, out = out, u
+            if (n + 1) % check_every == 0:
+                grown = self._grow(u[:active], box, anatomy.shape)
+                if grown is not None:
+                    u, out = _rebox(u, box, grown), _rebox(out, box, grown)
+                    stage = torch.zeros_like(u) if integrator == "heun" else None
+                    box = grown
+                    coefficients = self._coefficients(anatomy, box, device)
+            bar.update(1)
+
+        region = tuple(slice(int(a), int(b)) for a, b in zip(box.lo, box.hi))
+        index = torch.as_tensor(rows, device=device)
+        interior = u[:, 1:-1, 1:-1, 1:-1].clamp_(0.0, 1.0)
+        for position, row in enumerate(index.tolist()):
+            density[(row, *region)] = interior[position]
 
     def _coefficients(
         self, anatomy: Anatomy, box: _Box, device: torch.device

@@ -7,6 +7,10 @@ Two shapes, both defined in millimetres of world space and restricted to tissue 
   u₀(r) = A·φ(ψ) with ψ = (r − c) / w clipped to [−1, 1] and φ(ψ) = ½(1 − ψ − sin(πψ)/π), so u₀ = A
   for r ≤ c − w, u₀ = 0 for r ≥ c + w, and u₀(0) = A·φ(−c/w) when c < w.
 
+The default is TumorGrowthToolkit's FK seed (Balcerak et al.; ``FK.py``, ``gauss_sol3d``): a Gaussian
+with variance 10 mm² and peak ≈ 0.5, set to zero below 0.1 (``cutoff`` 0.2 of the peak). GliomaSolver's
+seed on its 1 mm example grid is ``Seed("bump", width_mm=4.0, center_mm=1.28, amplitude=1.0)``.
+
 r is the Euclidean distance in mm from the seed, measured between world coordinates of voxel centres,
 so the seed has the same physical size on any grid and any orientation.
 """
@@ -33,10 +37,10 @@ class Seed:
     """
 
     shape: Literal["gaussian", "bump"] = "gaussian"
-    width_mm: float = 2.0
-    amplitude: float = 1.0
+    width_mm: float = math.sqrt(10.0)
+    amplitude: float = 0.5
     center_mm: float = 0.0
-    cutoff: float = 1e-6
+    cutoff: float = 0.2
 
     def __post_init__(self) -> None:
         if self.shape not in ("gaussian", "bump"):

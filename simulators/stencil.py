@@ -58,11 +58,12 @@ def face_coefficients(
     return kx, ky, kz
 
 
-@njit(parallel=True, cache=True, fastmath=True, nogil=True)
-def _step_numba(u, out, kx, ky, kz, scale, growth):  # pragma: no cover - compiled
+@njit(parallel=True, cache=True, fastmath={"contract", "nnan", "ninf", "nsz"}, nogil=True)
+def _step_numba(u, base, out, kx, ky, kz, scale, growth, keep):  # pragma: no cover - compiled
     batch, nx2, ny2, nz2 = u.shape
     nx, ny, nz = nx2 - 2, ny2 - 2, nz2 - 2
     one = np.float32(1.0)
+    move = one - keep
     for plane in prange(batch * nx):
         b = plane // nx
         i = plane % nx + 1
@@ -80,18 +81,20 @@ def _step_numba(u, out, kx, ky, kz, scale, growth):  # pragma: no cover - compil
                     + kz[i - 1, j - 1, k - 1] * (u[b, i, j, k - 1] - c)
                     + kz[i - 1, j - 1, k] * (u[b, i, j, k + 1] - c)
                 )
-                v = c + s * flux
+                v = keep * base[b, i, j, k] + move * (c + s * flux)
                 out[b, i, j, k] = v * e / (one + v * em1)
 
 
 def _step_torch(
     u: torch.Tensor,
+    base: torch.Tensor,
     out: torch.Tensor,
     kx: torch.Tensor,
     ky: torch.Tensor,
     kz: torch.Tensor,
     scale: torch.Tensor,
     growth: torch.Tensor,
+    keep: float,
 ) -> None:
     c = u[:, 1:-1, 1:-1, 1:-1]
     flux = (
@@ -104,7 +107,7 @@ def _step_torch(
     )
     s = scale.view(-1, 1, 1, 1)
     e = growth.view(-1, 1, 1, 1)
-    v = c + s * flux
+    v = keep * base[:, 1:-1, 1:-1, 1:-1] + (1.0 - keep) * (c + s * flux)
     out[:, 1:-1, 1:-1, 1:-1] = v * e / (1.0 + v * (e - 1.0))
 
 
@@ -115,21 +118,31 @@ def diffusion_reaction_step(
     scale: torch.Tensor,
     growth: torch.Tensor,
     backend: str,
+    base: torch.Tensor | None = None,
+    keep: float = 0.0,
 ) -> None:
-    """Write R(u + s·Lu) into ``out`` (interior only; ghost layers of ``out`` must already be 0).
+    """Write R(keep·base + (1 − keep)·(u + s·Lu)) into ``out`` (interior only; ghosts must be 0).
+
+    With ``keep = 0`` this is a forward-Euler step followed by the reaction; with ``keep = ½`` and
+    ``base`` the state at the start of the step it is the second stage of Heun's method (SSP-RK2,
+    Shu & Osher 1988), a convex combination of Euler steps that keeps positivity and the maximum
+    principle under the same time-step bound.
 
     Args:
         u, out: padded states ``[B, X+2, Y+2, Z+2]`` (float32, same device).
+        base: padded state combined with weight ``keep`` (ignored when ``keep`` is 0).
         coefficients: ``(kx, ky, kz)`` from :func:`face_coefficients`, as tensors on that device.
         scale: ``[B]``, dt·D_w per sample (0 freezes a sample).
         growth: ``[B]``, E = exp(ρ·Δt) of the reaction sub-step per sample (1: no growth).
         backend: ``"numba"`` (CPU tensors) or ``"torch"`` (any device).
     """
     kx, ky, kz = coefficients
+    base = u if base is None else base
     if backend == "numba":
-        _step_numba(u.numpy(), out.numpy(), kx.numpy(), ky.numpy(), kz.numpy(), scale.numpy(), growth.numpy())
+        _step_numba(u.numpy(), base.numpy(), out.numpy(), kx.numpy(), ky.numpy(), kz.numpy(), scale.numpy(),
+                    growth.numpy(), np.float32(keep))
     elif backend == "torch":
-        _step_torch(u, out, kx, ky, kz, scale, growth)
+        _step_torch(u, base, out, kx, ky, kz, scale, growth, keep)
     else:
         raise ValueError(f"unknown backend {backend!r}; expected 'numba' or 'torch'")
 
