@@ -27,7 +27,13 @@ from tqdm.auto import tqdm
 
 from simulators.anatomy import Anatomy
 from simulators.seed import Seed
-from simulators.stencil import diffusion_reaction_step, face_coefficients, logistic
+from simulators.stencil import (
+    diffusion_reaction_step,
+    face_coefficients,
+    logistic,
+    positive_statistics,
+    tissue_lines,
+)
 
 PARAMETER_NAMES = ("D_w", "rho", "T", "x", "y", "z")
 PARAMETER_UNITS = {"D_w": "mm^2/day", "rho": "1/day", "T": "day", "x": "mm", "y": "mm", "z": "mm"}
@@ -56,6 +62,8 @@ class FisherKolmogorov:
         heun_growth_step: the same bound for Heun steps (second order: a larger step, equal accuracy).
         time_step_factor: multiplies every time step (below 1 for convergence studies).
         box_tolerance: density at the working box's walls above which the box grows.
+        saturation: ε of the early exit: once every voxel the tumour has reached holds u > 1 − ε and it
+            reaches no new voxel, the rest of the run is the logistic flow alone (error ≤ ε).
         integrator: ``"euler"``, ``"heun"`` (SSP-RK2 diffusion) or ``"auto"`` (cheaper of the two).
         backend: ``"auto"`` (numba kernel on CPU, torch elsewhere), ``"numba"`` or ``"torch"``.
     """
@@ -67,11 +75,13 @@ class FisherKolmogorov:
     time_step_factor: float = 1.0
     heun_growth_step: float = 0.5
     box_tolerance: float = 1e-6
+    saturation: float = 1e-4
     integrator: str = "auto"
     backend: str = "auto"
 
     parameter_names: ClassVar[tuple[str, ...]] = PARAMETER_NAMES
     _guard: ClassVar[int] = 4  # box walls are checked over _guard layers every _guard stencil passes
+    _saturation_check_every: ClassVar[int] = 32
 
     def __post_init__(self) -> None:
         if not self.gm_ratio >= 0:
@@ -194,70 +204,123 @@ class FisherKolmogorov:
         backend: str,
         bar: tqdm,
     ) -> None:
-        """Integrate one group of samples sharing an integrator; write them into ``density[rows]``."""
+        """Integrate one group of samples sharing an integrator; write them into ``density[rows]``.
+
+        Positions ``[0, active)`` of the state hold the samples still running. A sample leaves when it has
+        taken its steps, or earlier when it has saturated (:meth:`_saturated`): then the rest of its run is
+        the exact logistic flow, because diffusion between densities in [1 − ε, 1] stays there.
+        """
         device = density.device
         lo, hi = self._seed_extent(values, anatomy)
         box = _Box(lo.min(axis=0), hi.max(axis=0)).grown(np.full((2, 3), 2 * self._guard), anatomy.shape)
         if np.any(box.size <= 0):
             return  # every seed lies outside the grid: no tumour
 
-        order = np.argsort(-steps, kind="stable")  # active samples form a prefix of the batch
-        steps, values, dt, rows = steps[order], values[order], dt[order], rows[order]
-        d_w, rho = values[:, 0], values[:, 1]
-        scale = torch.as_tensor(dt * d_w, dtype=torch.float32, device=device)
-        growth = torch.as_tensor(np.exp(rho * dt), dtype=torch.float32, device=device)
-        half_growth = torch.as_tensor(np.exp(0.5 * rho * dt), dtype=torch.float32, device=device)
-        no_growth = torch.ones_like(growth)
-        finishing = torch.as_tensor(steps - 1, device=device)
-
-        u = logistic(self._seed_box(values, anatomy, box).to(device), half_growth)
+        order = np.argsort(-steps, kind="stable")
+        steps, values, dt, rows = steps[order].copy(), values[order], dt[order].copy(), rows[order].copy()
+        rho = values[:, 1]
+        per_sample = {
+            "scale": torch.as_tensor(dt * values[:, 0], dtype=torch.float32, device=device),
+            "growth": torch.as_tensor(np.exp(rho * dt), dtype=torch.float32, device=device),
+            "half_growth": torch.as_tensor(np.exp(0.5 * rho * dt), dtype=torch.float32, device=device),
+            "rho": torch.as_tensor(rho, dtype=torch.float32, device=device),
+            "dt": torch.as_tensor(dt, dtype=torch.float32, device=device),
+            "finishing": torch.as_tensor(steps - 1, device=device),
+        }
+        no_growth = torch.ones(len(values), dtype=torch.float32, device=device)
+        u = logistic(self._seed_box(values, anatomy, box).to(device), per_sample["half_growth"])
         out = torch.zeros_like(u)
         stage = torch.zeros_like(u) if integrator == "heun" else None
-        coefficients = self._coefficients(anatomy, box, device)
+        operator = self._operator(anatomy, box, device)
+        reached = torch.full((len(values),), -1, dtype=torch.int64, device=device)
         active = len(values)
+
+        def retire(position: int) -> None:
+            """Swap the sample at ``position`` to the end of the running prefix and shrink it."""
+            nonlocal active
+            last = active - 1
+            out[position] = u[position]  # both buffers hold its final state
+            if position != last:
+                swap = torch.tensor([position, last], device=device)
+                back = torch.tensor([last, position], device=device)
+                for buffer in (u, out, reached, *per_sample.values()):
+                    buffer[swap] = buffer[back]
+                for array in (steps, rows):
+                    array[[position, last]] = array[[last, position]]
+            active = last
+
         # a pass spreads density by one voxel: check the walls before it can cross the guard layers
         check_every = self._guard // (2 if integrator == "heun" else 1)
-        for n in range(int(steps[0])):
-            now_active = int(np.searchsorted(-steps, -n, side="left"))  # samples with steps > n
-            if now_active < active:  # finished samples keep their final state in both buffers
-                out[now_active:active] = u[now_active:active]
-                active = now_active
-            step_growth = torch.where(finishing[:active] == n, half_growth[:active], growth[:active])
+        for n in range(int(steps.max(initial=0))):
+            for position in sorted(np.flatnonzero(steps[:active] <= n), reverse=True):
+                retire(int(position))
+            if active == 0:
+                break
+            run = slice(0, active)
+            step_growth = torch.where(per_sample["finishing"][run] == n, per_sample["half_growth"][run],
+                                      per_sample["growth"][run])
             if integrator == "heun":
-                diffusion_reaction_step(u[:active], stage[:active], coefficients, scale[:active],
-                                        no_growth[:active], backend)
-                diffusion_reaction_step(stage[:active], out[:active], coefficients, scale[:active],
-                                        step_growth, backend, base=u[:active], keep=0.5)
+                diffusion_reaction_step(u[run], stage[run], operator.coefficients, operator.lines,
+                                        per_sample["scale"][run], no_growth[run], backend)
+                diffusion_reaction_step(stage[run], out[run], operator.coefficients, operator.lines,
+                                        per_sample["scale"][run], step_growth, backend, base=u[run], keep=0.5)
             else:
-                diffusion_reaction_step(u[:active], out[:active], coefficients, scale[:active], step_growth,
-                                        backend)
+                diffusion_reaction_step(u[run], out[run], operator.coefficients, operator.lines,
+                                        per_sample["scale"][run], step_growth, backend)
             u, out = out, u
+            bar.update(1)
             if (n + 1) % check_every == 0:
-                grown = self._grow(u[:active], box, anatomy.shape)
+                grown = self._grow(u[run], box, anatomy.shape)
                 if grown is not None:
                     u, out = _rebox(u, box, grown), _rebox(out, box, grown)
                     stage = torch.zeros_like(u) if integrator == "heun" else None
                     box = grown
-                    coefficients = self._coefficients(anatomy, box, device)
-            bar.update(1)
+                    operator = self._operator(anatomy, box, device)
+            if (n + 1) % self._saturation_check_every == 0 and operator.closed:
+                count, saturated = self._saturated(u[run], reached[run], operator, backend)
+                reached[run] = count
+                for position in sorted(torch.nonzero(saturated).flatten().tolist(), reverse=True):
+                    if steps[position] <= n + 1:
+                        continue  # its last step is done: it leaves at the top of the next step
+                    remaining = per_sample["dt"][position] * float(steps[position] - n - 1.5)
+                    growth = torch.exp(per_sample["rho"][position] * remaining).reshape(1)
+                    u[position] = logistic(u[position : position + 1], growth)[0]
+                    retire(position)
 
         region = tuple(slice(int(a), int(b)) for a, b in zip(box.lo, box.hi))
-        index = torch.as_tensor(rows, device=device)
         interior = u[:, 1:-1, 1:-1, 1:-1].clamp_(0.0, 1.0)
-        for position, row in enumerate(index.tolist()):
+        for position, row in enumerate(rows.tolist()):
             density[(row, *region)] = interior[position]
 
-    def _coefficients(
-        self, anatomy: Anatomy, box: _Box, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Face coefficients of ``box`` as float32 tensors on ``device``."""
+    def _saturated(
+        self, u: torch.Tensor, reached_before: torch.Tensor, operator: _Operator, backend: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which samples have saturated: every voxel reached holds u > 1 − ``saturation``, and no voxel
+        was newly reached since the last check (a voxel next to a saturated one through an open face
+        would have been reached within one step). Returns the reached counts and the verdicts."""
+        count, lowest = positive_statistics(u, operator.lines, backend)
+        count, lowest = count.to(u.device), lowest.to(u.device)
+        return count, (count == reached_before) & (lowest > 1.0 - self.saturation)
+
+    def _operator(self, anatomy: Anatomy, box: _Box, device: torch.device) -> _Operator:
+        """Face coefficients and tissue lines of ``box``, and whether the box encloses its tissue."""
         d = np.zeros(tuple(int(n) + 2 for n in box.size), dtype=np.float32)
+        tissue = np.zeros(d.shape, dtype=bool)
         lo = np.maximum(box.lo - 1, 0)
         hi = np.minimum(box.hi + 1, anatomy.shape)
         region = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
         local = tuple(slice(int(a - o + 1), int(b - o + 1)) for a, b, o in zip(lo, hi, box.lo))
         d[local] = anatomy.wm[region] + np.float32(self.gm_ratio) * anatomy.gm[region]
-        return tuple(torch.from_numpy(k).to(device) for k in face_coefficients(d, anatomy.spacing_mm))
+        tissue[local] = (anatomy.wm[region] + anatomy.gm[region]) > 0
+        inner = tissue[1:-1, 1:-1, 1:-1]
+        # tissue across a wall (in the one-voxel rim) next to tissue inside: the box is not closed
+        crossings = (
+            (tissue[0, 1:-1, 1:-1] & inner[0]).any() or (tissue[-1, 1:-1, 1:-1] & inner[-1]).any()
+            or (tissue[1:-1, 0, 1:-1] & inner[:, 0]).any() or (tissue[1:-1, -1, 1:-1] & inner[:, -1]).any()
+            or (tissue[1:-1, 1:-1, 0] & inner[:, :, 0]).any() or (tissue[1:-1, 1:-1, -1] & inner[:, :, -1]).any()
+        )
+        coefficients = tuple(torch.from_numpy(k).to(device) for k in face_coefficients(d, anatomy.spacing_mm))
+        return _Operator(coefficients=coefficients, lines=tissue_lines(inner), closed=not crossings)
 
     def _grow(self, u: torch.Tensor, box: _Box, shape: tuple[int, int, int]) -> _Box | None:
         """A larger box when density above ``box_tolerance`` reaches the walls of ``box``; else None."""
@@ -274,6 +337,15 @@ class FisherKolmogorov:
                 if float(u[tuple(index)].max()) > self.box_tolerance:
                     pad[side, axis] = step[axis]
         return box.grown(pad, shape) if pad.any() else None
+
+
+@dataclass(frozen=True)
+class _Operator:
+    """The discrete operator on one working box."""
+
+    coefficients: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    lines: tuple[np.ndarray, np.ndarray]
+    closed: bool
 
 
 @dataclass(frozen=True)

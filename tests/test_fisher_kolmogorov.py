@@ -193,3 +193,22 @@ def test_seed_without_tissue_gives_no_tumour(brain):
 def test_invalid_parameters_are_refused_with_the_parameter_named(brain, row, problem):
     with pytest.raises(ValueError, match=problem):
         FisherKolmogorov().simulate(params(row), brain)
+
+
+def test_early_exit_at_saturation_agrees_with_the_full_run_within_its_tolerance(brain, monkeypatch):
+    import simulators.fisher_kolmogorov as module
+
+    theta = params((1.0, 0.1, 1200.0, 10.0, -8.0, 6.0), (0.6, 0.15, 900.0, -16.0, 6.0, 2.0))
+    calls = {"count": 0}
+    step = module.diffusion_reaction_step
+
+    def counting(*args, **kwargs):
+        calls["count"] += 1
+        step(*args, **kwargs)
+
+    monkeypatch.setattr(module, "diffusion_reaction_step", counting)
+    early = FisherKolmogorov(saturation=1e-4).simulate(theta, brain)
+    early_calls, calls["count"] = calls["count"], 0
+    full = FisherKolmogorov(saturation=0.0).simulate(theta, brain)
+    assert early_calls < 0.5 * calls["count"], (early_calls, calls["count"])
+    torch.testing.assert_close(early, full, atol=1e-4, rtol=0)
