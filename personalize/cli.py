@@ -1,0 +1,102 @@
+"""The ``personalize`` command: argument parsing only; the work lives in the modules it calls.
+
+Exit codes: 0 success, 2 unusable input (one line on stderr naming the file or argument and the problem;
+nothing written), 1 anything unexpected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from simulators.fisher_kolmogorov import FisherKolmogorov
+from simulators.nifti import NiftiError
+from simulators.seed import Seed
+from simulators.stencil import set_threads
+
+EXIT_BAD_INPUT = 2
+
+
+def _simulate(args: argparse.Namespace) -> None:
+    from personalize.simulate import TissueFiles, run_simulation
+
+    if args.atlas == bool(args.wm or args.gm):
+        raise ValueError("give either --atlas or both --wm and --gm")
+    if bool(args.wm) != bool(args.gm):
+        raise ValueError("--wm and --gm go together")
+    tissue = None if args.atlas else TissueFiles(Path(args.wm), Path(args.gm), Path(args.csf) if args.csf else None)
+    spacing = args.spacing if args.spacing is not None else (2.0 if args.atlas else None)
+    simulator = FisherKolmogorov(
+        gm_ratio=args.gm_ratio,
+        seed=Seed(shape=args.seed_shape, width_mm=args.seed_width, amplitude=args.seed_amplitude),
+    )
+    parameters = {"D_w": args.D_w, "rho": args.rho, "T": args.T, "x": args.x, "y": args.y, "z": args.z}
+    record = run_simulation(parameters, args.out, tissue=tissue, spacing_mm=spacing, simulator=simulator,
+                            device=args.device, progress=not args.quiet)
+    print(f"wrote {record.density} and {record.figure}: {record.steps} steps in {record.wall_s:.2f} s; "
+          + ", ".join(f"{v:.1f} mL above u={t}" for t, v in record.volume_ml_above.items()))
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from personalize.io import load_observation, summarize
+
+    observation = load_observation(args.t1gd, args.flair, args.pet, labels=args.labels)
+    print(json.dumps(summarize(observation), indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``personalize`` command."""
+    parser = argparse.ArgumentParser(prog="personalize", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    simulate = commands.add_parser("simulate", help="simulate tumour growth for one parameter set")
+    anatomy = simulate.add_argument_group("anatomy (default atlas, or a patient's tissue maps)")
+    anatomy.add_argument("--atlas", action="store_true", help="the default MNI152 2009a atlas")
+    anatomy.add_argument("--wm", help="white-matter map (NIfTI, probabilities or binary)")
+    anatomy.add_argument("--gm", help="grey-matter map (NIfTI, probabilities or binary)")
+    anatomy.add_argument("--csf", help="CSF map (NIfTI, optional)")
+    anatomy.add_argument("--spacing", type=float, help="simulate at this spacing in mm (atlas default 2; "
+                                                        "patient default: the files' own grid)")
+    model = simulate.add_argument_group("model (mm, days)")
+    model.add_argument("--D_w", type=float, required=True, help="white-matter diffusivity, mm^2/day")
+    model.add_argument("--rho", type=float, required=True, help="proliferation rate, 1/day")
+    model.add_argument("--T", type=float, required=True, help="time since the seed, days")
+    for axis in "xyz":
+        model.add_argument(f"--{axis}", type=float, required=True, help=f"seed {axis}, mm in world space")
+    model.add_argument("--gm-ratio", type=float, default=0.1, help="D_g / D_w (default 0.1)")
+    model.add_argument("--seed-shape", choices=("gaussian", "bump"), default="gaussian")
+    model.add_argument("--seed-width", type=float, default=Seed().width_mm, help="seed width in mm")
+    model.add_argument("--seed-amplitude", type=float, default=Seed().amplitude, help="seed peak density")
+    simulate.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    simulate.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
+    simulate.add_argument("--quiet", action="store_true", help="no progress bar")
+    simulate.add_argument("--out", required=True, help="output folder")
+    simulate.set_defaults(handler=_simulate)
+
+    inspect = commands.add_parser("inspect", help="check a patient's segmentations and PET, print a summary")
+    inspect.add_argument("--t1gd", required=True, help="T1Gd segmentation (binary mask or label map)")
+    inspect.add_argument("--flair", required=True, help="FLAIR segmentation (binary mask or label map)")
+    inspect.add_argument("--pet", help="FET-PET map (optional)")
+    inspect.add_argument("--labels", help="label convention: brats, gliodil, predictgbm or gliomasolver")
+    inspect.set_defaults(handler=_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``personalize`` console script."""
+    args = build_parser().parse_args(argv)
+    set_threads(getattr(args, "threads", None))
+    try:
+        args.handler(args)
+    except (NiftiError, ValueError, FileNotFoundError) as error:
+        message = " ".join(str(error).split())
+        print(f"personalize {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
