@@ -117,8 +117,8 @@ def patient_figures(data: Path, repeats: int) -> dict[str, float]:
     }
 
 
-def atlas_figures(draws: int, seed: int) -> dict[str, float]:
-    atlas = default_atlas(spacing_mm=2.0)
+def atlas_figures(draws: int, seed: int, spacing_mm: float) -> dict[str, float]:
+    atlas = default_atlas(spacing_mm=spacing_mm)
     rng = np.random.default_rng(seed)
     growth = PRIOR_LOW + (PRIOR_HIGH - PRIOR_LOW) * rng.random((draws, 3))
     tissue = np.argwhere(atlas.tissue > 0.5)
@@ -130,11 +130,13 @@ def atlas_figures(draws: int, seed: int) -> dict[str, float]:
     start = time.perf_counter()
     u = solver.simulate(params, atlas)
     wall = time.perf_counter() - start
-    print(f"atlas 2 mm {atlas.shape}: {draws} prior draws in {wall:.2f} s = {draws / wall:.2f} sims/s; "
+    voxel_ml = spacing_mm**3 / 1000.0
+    print(f"atlas {spacing_mm:g} mm {atlas.shape}: {draws} prior draws in {wall:.2f} s = {draws / wall:.2f} sims/s; "
           f"steps median {int(np.median(plan.steps))}, max {int(plan.steps.max())}; "
           f"Heun for {int((plan.integrator == 'heun').sum())}; mean tumour volume u>0.25 "
-          f"{float((u > 0.25).sum()) * 8e-3 / draws:.1f} mL")
-    return {"atlas2mm_sims_per_s": draws / wall, "atlas2mm_wall_s": wall}
+          f"{float((u > 0.25).sum()) * voxel_ml / draws:.1f} mL")
+    name = f"atlas{spacing_mm:g}mm"
+    return {f"{name}_sims_per_s": draws / wall, f"{name}_wall_s": wall}
 
 
 def main() -> None:
@@ -143,12 +145,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--atlas-draws", type=int, default=64)
+    parser.add_argument("--atlas-spacings", type=float, nargs="+", default=[2.0, 4.0],
+                        help="atlas spacings (mm) to measure throughput at; 2 is the reference figure")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     set_threads(args.threads)
     figures = {"threads": args.threads}
     figures.update(patient_figures(args.data, args.repeats))
-    figures.update(atlas_figures(args.atlas_draws, args.seed))
+    for spacing in args.atlas_spacings:
+        figures.update(atlas_figures(args.atlas_draws, args.seed, spacing))
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -13,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from simulators.anatomy import Anatomy  # noqa: E402
+from simulators.nifti import atomic_output  # noqa: E402
 
 
 def slice_centre(density: np.ndarray, anatomy: Anatomy) -> tuple[int, int, int]:
@@ -67,13 +67,9 @@ def plot_orthogonal_slices(
     if title:
         figure.suptitle(title)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=".png", dir=path.parent)
-    os.close(handle)
     try:
-        figure.savefig(temporary, dpi=110)
-        os.replace(temporary, path)
+        with atomic_output(path) as temporary:
+            figure.savefig(temporary, dpi=110, format="png")
     finally:
         plt.close(figure)
-        Path(temporary).unlink(missing_ok=True)
     return path

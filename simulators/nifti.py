@@ -12,6 +12,8 @@ import gzip
 import os
 import tempfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,23 +128,36 @@ def _pixdim_on_disk(path: Path, header_class: type[nib.Nifti1Header]) -> np.ndar
     return np.asarray(header["pixdim"][1:4], dtype=np.float64)
 
 
-def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str]) -> Path:
-    """Write ``array`` with ``affine`` atomically: the file appears whole or not at all."""
+@contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` whole, on error it vanishes.
+
+    The file gets the permissions an ordinary ``open`` would give it (0666 less the umask), not the
+    private 0600 of a temporary file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
     handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=path.parent)
     os.close(handle)
     try:
-        nib.save(image, temporary)
+        yield Path(temporary)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
-    except BaseException:
+    finally:
         Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+
+
+def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str]) -> Path:
+    """Write ``array`` with ``affine`` atomically: the file appears whole or not at all."""
+    image = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    with atomic_output(path) as temporary:
+        nib.save(image, temporary)
+    return Path(path)
 
 
 def write_like(array: np.ndarray, reference: Volume, path: str | os.PathLike[str]) -> Path:

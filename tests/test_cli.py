@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -173,3 +174,14 @@ def test_inspect_refuses_bad_segmentations_in_one_line(patient, tmp_path, capsys
     assert main(args) == EXIT_BAD_INPUT
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and str(expected) in error, error
+
+
+def test_outputs_are_readable_by_others_as_the_umask_allows(patient, tmp_path):
+    out = tmp_path / "shared"
+    previous = os.umask(0o022)
+    try:
+        assert main(simulate_args(patient, out)) == 0
+    finally:
+        os.umask(previous)
+    for name in ("density.nii.gz", "density.png", "simulation.json"):
+        assert (out / name).stat().st_mode & 0o044 == 0o044, name
