@@ -123,14 +123,12 @@ def test_batched_results_equal_one_at_a_time(brain):
 
 
 def test_mirrored_anatomy_and_seed_give_the_mirrored_tumour(brain):
-    mirrored = Anatomy(wm=brain.wm[::-1], gm=brain.gm[::-1], csf=brain.csf[::-1], affine=brain.affine)
-    centre = brain.voxel_to_world(np.array([(brain.shape[0] - 1) / 2, 0, 0]))[0]
     theta = params((0.5, 0.05, 200.0, 12.0, -6.0, 4.0))
     theta_mirrored = theta.clone()
-    theta_mirrored[0, 3] = 2 * centre - theta[0, 3]
+    theta_mirrored[0, 3:] = torch.as_tensor(brain.mirror_point(theta[0, 3:].numpy(), axis=0))
     fk = FisherKolmogorov()
     u = fk.simulate(theta, brain)[0]
-    u_mirrored = fk.simulate(theta_mirrored, mirrored)[0]
+    u_mirrored = fk.simulate(theta_mirrored, brain.mirrored(axis=0))[0]
     torch.testing.assert_close(u_mirrored.flip(0), u, atol=1e-5, rtol=0)
 
 
