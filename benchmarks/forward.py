@@ -29,15 +29,15 @@ import torch
 from simulators.anatomy import Anatomy
 from simulators.atlas import default_atlas
 from simulators.fisher_kolmogorov import FisherKolmogorov
-from simulators.seed import Seed
+from simulators.seed import PRESETS
 from simulators.stencil import set_threads
 
 CASE = {"D_w": 0.13, "rho": 0.025, "T": 300.0}
 FRACTIONS = np.array([0.64925073, 0.59093041, 0.37127833])
 PRIOR_LOW = np.array([0.02, 0.002, 50.0])
 PRIOR_HIGH = np.array([1.5, 0.2, 1500.0])
-TGT_SEED = Seed("gaussian", width_mm=np.sqrt(10.0), amplitude=0.501961, cutoff=0.1 / 0.501961)
-GLIOMASOLVER_SEED = Seed("bump", width_mm=4.0, center_mm=1.28, amplitude=1.0)
+TGT_SEED = PRESETS["tumorgrowthtoolkit"]
+GLIOMASOLVER_SEED = PRESETS["gliomasolver"]
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -10,11 +10,12 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from simulators.fisher_kolmogorov import FisherKolmogorov
 from simulators.nifti import NiftiError
-from simulators.seed import Seed
+from simulators.seed import PRESETS
 from simulators.stencil import set_threads
 
 EXIT_BAD_INPUT = 2
@@ -29,10 +30,11 @@ def _simulate(args: argparse.Namespace) -> None:
         raise ValueError("--wm and --gm go together")
     tissue = None if args.atlas else TissueFiles(Path(args.wm), Path(args.gm), Path(args.csf) if args.csf else None)
     spacing = args.spacing if args.spacing is not None else (2.0 if args.atlas else None)
-    simulator = FisherKolmogorov(
-        gm_ratio=args.gm_ratio,
-        seed=Seed(shape=args.seed_shape, width_mm=args.seed_width, amplitude=args.seed_amplitude),
-    )
+    seed = PRESETS[args.seed]
+    if args.seed_width is not None or args.seed_amplitude is not None:
+        seed = replace(seed, width_mm=args.seed_width or seed.width_mm,
+                       amplitude=args.seed_amplitude or seed.amplitude)
+    simulator = FisherKolmogorov(gm_ratio=args.gm_ratio, seed=seed)
     parameters = {"D_w": args.D_w, "rho": args.rho, "T": args.T, "x": args.x, "y": args.y, "z": args.z}
     record = run_simulation(parameters, args.out, tissue=tissue, spacing_mm=spacing, simulator=simulator,
                             device=args.device, progress=not args.quiet)
@@ -67,9 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     for axis in "xyz":
         model.add_argument(f"--{axis}", type=float, required=True, help=f"seed {axis}, mm in world space")
     model.add_argument("--gm-ratio", type=float, default=0.1, help="D_g / D_w (default 0.1)")
-    model.add_argument("--seed-shape", choices=("gaussian", "bump"), default="gaussian")
-    model.add_argument("--seed-width", type=float, default=Seed().width_mm, help="seed width in mm")
-    model.add_argument("--seed-amplitude", type=float, default=Seed().amplitude, help="seed peak density")
+    model.add_argument("--seed", choices=sorted(PRESETS), default="tumorgrowthtoolkit",
+                       help="initial condition convention (default: TumorGrowthToolkit's Gaussian, "
+                            "variance 10 mm^2, peak 0.5, zero below 0.1)")
+    model.add_argument("--seed-width", type=float, help="override the seed's width in mm")
+    model.add_argument("--seed-amplitude", type=float, help="override the seed's peak density")
     simulate.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     simulate.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
     simulate.add_argument("--quiet", action="store_true", help="no progress bar")

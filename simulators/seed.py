@@ -8,8 +8,9 @@ Two shapes, both defined in millimetres of world space and restricted to tissue 
   for r ≤ c − w, u₀ = 0 for r ≥ c + w, and u₀(0) = A·φ(−c/w) when c < w.
 
 The default is TumorGrowthToolkit's FK seed (Balcerak et al.; ``FK.py``, ``gauss_sol3d``): a Gaussian
-with variance 10 mm² and peak ≈ 0.5, set to zero below 0.1 (``cutoff`` 0.2 of the peak). GliomaSolver's
-seed on its 1 mm example grid is ``Seed("bump", width_mm=4.0, center_mm=1.28, amplitude=1.0)``.
+with variance 10 mm² and peak 250/(20π)^{3/2} ≈ 0.502, set to zero at and below 0.1. :data:`PRESETS`
+names it and GliomaSolver's seed on its 256-voxel, 1 mm example grid (``lib_cpp.cpp``: transition radius
+0.005 and half-width 1/64 of a domain 256 mm long).
 
 r is the Euclidean distance in mm from the seed, measured between world coordinates of voxel centres,
 so the seed has the same physical size on any grid and any orientation.
@@ -22,6 +23,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+
+
+_TGT_PEAK = 250.0 / (20.0 * math.pi) ** 1.5  # TumorGrowthToolkit's heat kernel: 250/(4π·5)^{3/2} ≈ 0.502
 
 
 @dataclass(frozen=True)
@@ -38,9 +42,9 @@ class Seed:
 
     shape: Literal["gaussian", "bump"] = "gaussian"
     width_mm: float = math.sqrt(10.0)
-    amplitude: float = 0.5
+    amplitude: float = _TGT_PEAK
     center_mm: float = 0.0
-    cutoff: float = 0.2
+    cutoff: float = 0.1 / _TGT_PEAK
 
     def __post_init__(self) -> None:
         if self.shape not in ("gaussian", "bump"):
@@ -67,3 +71,10 @@ class Seed:
             return np.where(value >= self.cutoff * self.amplitude, value, 0.0)
         psi = np.clip((r - self.center_mm) / self.width_mm, -1.0, 1.0)
         return self.amplitude * 0.5 * (1.0 - psi - np.sin(np.pi * psi) / np.pi)
+
+
+PRESETS: dict[str, Seed] = {
+    "tumorgrowthtoolkit": Seed(),
+    "gliomasolver": Seed("bump", width_mm=4.0, center_mm=1.28, amplitude=1.0),
+}
+"""Peers' seed conventions by name, to compare with a peer under its own initial condition."""
