@@ -35,7 +35,8 @@ unclamped α would be below 1e-4, i.e. where |d| > σ_α·√log(0.5/ε) ≈ 2.9
 full shape (and gradient) within about 3σ_α of the threshold, where the information about u_c and σ_α
 lies, while a correctly explained voxel still costs only log(1 − ε) ≈ −1e-4. ε = 1e-4 is also far above
 float32's spacing near 1 (6e-8), so α = 1 − ε is represented distinctly from 1.
-``clamp=0`` gives the unclamped formula. Under ``"gliomasolver"`` with u in [0, 1], w ≤ 1/slope, so the clamp binds only for slope < 1/log(0.5/ε) ≈ 0.12 (never at its default slope 2).
+``clamp=0`` gives the unclamped formula. Under ``"gliomasolver"`` with u in [0, 1], w ≤ 1/slope,
+so the clamp binds only for slope < 1/log(0.5/ε) ≈ 0.12 (never at its default slope 2).
 """
 
 from __future__ import annotations
