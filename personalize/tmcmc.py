@@ -1,0 +1,319 @@
+"""Transitional Markov chain Monte Carlo (TMCMC) of Ching & Chen (2007), as Pi4U and GliomaSolver run it.
+
+J. Ching and Y.-C. Chen, "Transitional Markov chain Monte Carlo method for Bayesian model updating, model
+class selection, and model averaging", J. Eng. Mech. 133(7), 816-832 (2007). The population moves from
+the prior to the posterior through the tempered densities
+
+    f_j(θ) ∝ p(θ) · L(θ)^{p_j},   0 = p_0 < p_1 < ... < p_m = 1,
+
+each stage (i) choosing p_{j+1} so that the plausibility weights w_k = L(θ_k)^{p_{j+1} - p_j} have a
+coefficient of variation ``target_cov``, (ii) adding log S_j = log mean_k w_k to the log-evidence
+(log p(D) = Σ_j log S_j), (iii) resampling the population in proportion to w, and (iv) moving every
+sample by Metropolis steps on f_{j+1} with the Gaussian proposal N(θ, β² Σ_j), Σ_j the w-weighted
+sample covariance.
+
+The textbook setting (β² = 0.04 fixed, one Metropolis step per chain) mixes badly beyond a few dimensions
+(see ``/work/shared/notes/tmcmc.md``). The default here starts from the optimal random-walk scale
+β² = 2.38²/P, adapts β between stages toward the acceptance rate 0.234, and spends ``chain_steps`` = 5
+steps per chain; pass ``proposal_scale=0.04, adapt_scale=False, chain_steps=1`` for the textbook kernel.
+
+Every likelihood evaluation goes through `personalize.executors.evaluate`, one batch per population
+move; proposals outside the prior's support are rejected without evaluating the likelihood. After each
+stage the state (population, log-likelihoods, exponent, evidence, proposal scale, counters and the
+random generator's state) is written to ``checkpoint_dir/stage_XXX.pt``, so that ``resume=True``
+continues a killed run to bit-for-bit the result of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from scipy.special import ndtri
+from tqdm.auto import tqdm
+
+from personalize.executors import evaluate
+from personalize.posterior import Posterior
+
+LogLikelihood = Callable[[torch.Tensor], torch.Tensor]
+"""``log_likelihood(theta[N, P]) -> Tensor[N]``; picklable when a process pool evaluates it."""
+
+
+class SamplingPrior(Protocol):
+    """What TMCMC needs of a prior: seeded sampling and a log density that is −inf outside the support."""
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor: ...
+
+    def log_prob(self, theta: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class StageState:
+    """The population after a stage: samples of f_j ∝ p(θ) L(θ)^{p_j}, equally weighted."""
+
+    stage: int
+    exponent: float
+    theta: torch.Tensor
+    log_likelihood: torch.Tensor
+    log_prior: torch.Tensor
+    log_evidence: float
+    scale: float
+    acceptance: float
+    n_simulations: int
+    wall_s: float
+
+
+def coefficient_of_variation(log_weights: torch.Tensor) -> float:
+    """std(w) / mean(w) of weights given by their logs, computed without overflow."""
+    w = torch.exp(log_weights - log_weights.max())
+    return float(w.std(unbiased=False) / w.mean())
+
+
+def next_exponent(log_likelihood: torch.Tensor, exponent: float, target_cov: float) -> float:
+    """p_{j+1} solving cov(L^{p_{j+1} - p_j}) = ``target_cov`` by bisection, or 1 if cov(L^{1 - p_j}) ≤ target.
+
+    The coefficient of variation grows monotonically with the increment, so bisection on [0, 1 - p_j]
+    finds the unique root (Pi4U solves the same equation with Nelder–Mead and a grid fallback).
+    """
+    if coefficient_of_variation((1.0 - exponent) * log_likelihood) <= target_cov:
+        return 1.0
+    low, high = 0.0, 1.0 - exponent
+    for _ in range(100):
+        middle = 0.5 * (low + high)
+        if coefficient_of_variation(middle * log_likelihood) > target_cov:
+            high = middle
+        else:
+            low = middle
+        if high - low <= 1e-12 * high:
+            break
+    return exponent + 0.5 * (low + high)
+
+
+def weighted_covariance_root(theta: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A square root R (R Rᵀ = Σ) of the weighted sample covariance Σ = Σ_k w_k (θ_k − θ̄)(θ_k − θ̄)ᵀ.
+
+    Eigenvalues are floored at 1e-12 of the largest, so that Σ is positive definite even when the
+    population has collapsed along a direction.
+    """
+    centred = theta.double() - weights @ theta.double()
+    covariance = (centred * weights[:, None]).T @ centred
+    values, vectors = torch.linalg.eigh(0.5 * (covariance + covariance.T))
+    values = values.clamp_min(1e-12 * values.max().clamp_min(1e-300))
+    return vectors * values.sqrt()
+
+
+def adapted_scale(scale: float, acceptance: float, target: float) -> float:
+    """β² rescaled so a Gaussian random walk would accept at ``target``: β ∝ 1 / Φ⁻¹(acceptance / 2).
+
+    For a random walk on a Gaussian target the acceptance is ≈ 2 Φ(−β √P / 2), so one update reaches the
+    target acceptance up to the non-Gaussianity of f_j; the factor is clipped to [1/4, 4] per stage.
+    """
+    acceptance = min(max(acceptance, 1e-3), 0.999)
+    factor = float(ndtri(target / 2) / ndtri(acceptance / 2))
+    return scale * min(max(factor, 0.25), 4.0) ** 2
+
+
+def metropolis_steps(
+    state: StageState,
+    log_likelihood: LogLikelihood,
+    prior: SamplingPrior,
+    root: torch.Tensor,
+    steps: int,
+    generator: torch.Generator,
+    evaluate_batch: Callable[[LogLikelihood, torch.Tensor], torch.Tensor],
+) -> tuple[StageState, float]:
+    """``steps`` Metropolis moves of every sample on f ∝ p(θ) L(θ)^p, proposal θ + R z, z ~ N(0, I).
+
+    Returns the moved state and the fraction of accepted proposals. Each move evaluates the likelihood
+    of all in-support proposals as one batch; out-of-support ones are rejected.
+    """
+    theta, ll, lp = state.theta, state.log_likelihood, state.log_prior
+    p, accepted, evaluated = state.exponent, 0, 0
+    for _ in range(steps):
+        z = torch.randn(theta.shape, generator=generator, dtype=torch.float64)
+        proposal = (theta.double() + z @ root.T).to(theta.dtype)
+        proposal_lp = prior.log_prob(proposal).double()
+        inside = torch.isfinite(proposal_lp)
+        proposal_ll = torch.full_like(ll, -math.inf)
+        proposal_ll[inside] = evaluate_batch(log_likelihood, proposal[inside]).double()
+        log_ratio = (proposal_lp + p * proposal_ll) - (lp + p * ll)
+        u = torch.rand(ll.shape, generator=generator, dtype=torch.float64)
+        accept = inside & (torch.log(u) < log_ratio)
+        theta = torch.where(accept[:, None], proposal, theta)
+        ll, lp = torch.where(accept, proposal_ll, ll), torch.where(accept, proposal_lp, lp)
+        accepted += int(accept.sum())
+        evaluated += int(inside.sum())
+    moved = replace(state, theta=theta, log_likelihood=ll, log_prior=lp,
+                    n_simulations=state.n_simulations + evaluated)
+    return moved, accepted / (steps * len(ll))
+
+
+def advance(
+    state: StageState,
+    log_likelihood: LogLikelihood,
+    prior: SamplingPrior,
+    *,
+    target_cov: float,
+    chain_steps: int,
+    adapt_scale: bool,
+    target_acceptance: float,
+    generator: torch.Generator,
+    evaluate_batch: Callable[[LogLikelihood, torch.Tensor], torch.Tensor],
+) -> StageState:
+    """One TMCMC stage j → j+1: new exponent, evidence increment, resampling, Metropolis moves."""
+    n = len(state.log_likelihood)
+    exponent = next_exponent(state.log_likelihood, state.exponent, target_cov)
+    log_w = (exponent - state.exponent) * state.log_likelihood  # log plausibility weights
+    log_s = float(torch.logsumexp(log_w, 0)) - math.log(n)  # log S_j = log mean_k w_k
+    weights = torch.softmax(log_w, 0)
+    root = math.sqrt(state.scale) * weighted_covariance_root(state.theta, weights)
+    index = torch.multinomial(weights, n, replacement=True, generator=generator)
+    resampled = replace(
+        state,
+        stage=state.stage + 1,
+        exponent=exponent,
+        theta=state.theta[index],
+        log_likelihood=state.log_likelihood[index],
+        log_prior=state.log_prior[index],
+        log_evidence=state.log_evidence + log_s,
+    )
+    moved, acceptance = metropolis_steps(
+        resampled, log_likelihood, prior, root, chain_steps, generator, evaluate_batch
+    )
+    scale = adapted_scale(state.scale, acceptance, target_acceptance) if adapt_scale else state.scale
+    return replace(moved, scale=scale, acceptance=acceptance)
+
+
+def save_checkpoint(directory: Path, state: StageState, generator: torch.Generator, config: dict) -> None:
+    """Write ``stage_XXX.pt`` atomically (temporary file, then rename)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"stage_{state.stage:03d}.pt"
+    temporary = path.with_suffix(".tmp")
+    torch.save({"state": asdict(state), "generator": generator.get_state(), "config": config}, temporary)
+    os.replace(temporary, path)
+
+
+def load_latest_checkpoint(
+    directory: Path, generator: torch.Generator, config: dict
+) -> StageState | None:
+    """The state of the latest ``stage_XXX.pt`` (restoring the generator), or None if there is none."""
+    paths = sorted(directory.glob("stage_[0-9][0-9][0-9].pt"))
+    if not paths:
+        return None
+    checkpoint = torch.load(paths[-1], weights_only=True)
+    if checkpoint["config"] != config:
+        raise ValueError(f"{paths[-1]} was written by another run: {checkpoint['config']} != {config}")
+    generator.set_state(checkpoint["generator"])
+    return StageState(**checkpoint["state"])
+
+
+def tmcmc(
+    log_likelihood: LogLikelihood,
+    prior: SamplingPrior,
+    *,
+    n_samples: int,
+    seed: int,
+    parameter_names: Sequence[str],
+    target_cov: float = 1.0,
+    chain_steps: int = 5,
+    proposal_scale: float | None = None,
+    adapt_scale: bool = True,
+    target_acceptance: float = 0.234,
+    executor: Executor | None = None,
+    chunk_size: int | None = None,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    max_stages: int = 100,
+    units: dict[str, str] | None = None,
+) -> Posterior:
+    """Posterior samples and log-evidence of ``prior`` × exp(``log_likelihood``) by TMCMC.
+
+    Parameters
+    ----------
+    log_likelihood: batched ``theta[N, P] -> Tensor[N]``, evaluated through ``executor``.
+    prior: ``sample(n, generator) -> Tensor[n, P]`` and ``log_prob(theta) -> Tensor[n]`` (−inf outside
+        the support).
+    n_samples: population size N; ``seed`` seeds the only random generator.
+    target_cov: coefficient of variation of the plausibility weights that sets each tempering step.
+    chain_steps: Metropolis steps per chain and stage.
+    proposal_scale: β² of the first stage (default 2.38²/P); ``adapt_scale`` rescales it between stages
+        toward ``target_acceptance``.
+    executor, chunk_size: how each population batch is evaluated (see `personalize.executors.evaluate`).
+    checkpoint_dir, resume: write a checkpoint per stage; continue from the latest one.
+    max_stages: raise if the exponent has not reached 1 after this many stages (the last checkpoint
+        lets ``resume=True`` continue with a larger limit).
+
+    Returns equally weighted samples of the posterior (``log_weights`` zeros) with ``log_density`` =
+    log prior + log-likelihood, the log-evidence Σ_j log S_j and the number of likelihood evaluations.
+    """
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+    names = tuple(parameter_names)
+    config = {"seed": seed, "n_samples": n_samples, "parameter_names": list(names)}
+
+    def evaluate_batch(f: LogLikelihood, theta: torch.Tensor) -> torch.Tensor:
+        return evaluate(f, theta, executor=executor, chunk_size=chunk_size)
+
+    state = None
+    if resume and checkpoint_dir is not None:
+        state = load_latest_checkpoint(checkpoint_dir, generator, config)
+    if state is None:
+        theta = prior.sample(n_samples, generator)
+        state = StageState(
+            stage=0,
+            exponent=0.0,
+            theta=theta,
+            log_likelihood=evaluate_batch(log_likelihood, theta).double(),
+            log_prior=prior.log_prob(theta).double(),
+            log_evidence=0.0,
+            scale=2.38**2 / len(names) if proposal_scale is None else proposal_scale,
+            acceptance=math.nan,
+            n_simulations=n_samples,
+            wall_s=0.0,
+        )
+        if checkpoint_dir is not None:
+            save_checkpoint(checkpoint_dir, replace(state, wall_s=time.perf_counter() - started),
+                            generator, config)
+    wall_before = state.wall_s
+
+    bar = tqdm(total=1.0, initial=state.exponent, disable=not progress, desc="TMCMC",
+               bar_format="{desc}: {percentage:3.0f}%|{bar}{postfix}")
+    with bar:
+        while state.exponent < 1.0:
+            if state.stage >= max_stages:
+                raise RuntimeError(
+                    f"TMCMC reached {max_stages} stages at exponent {state.exponent:.3g}; "
+                    "resume with a larger max_stages or a larger target_cov"
+                )
+            previous = state.exponent
+            state = advance(
+                state, log_likelihood, prior, target_cov=target_cov, chain_steps=chain_steps,
+                adapt_scale=adapt_scale, target_acceptance=target_acceptance,
+                generator=generator, evaluate_batch=evaluate_batch,
+            )
+            state = replace(state, wall_s=wall_before + time.perf_counter() - started)
+            if checkpoint_dir is not None:
+                save_checkpoint(checkpoint_dir, state, generator, config)
+            bar.update(state.exponent - previous)
+            bar.set_postfix({"stage": state.stage, "p": f"{state.exponent:.3g}", "acceptance": f"{state.acceptance:.2f}"})
+
+    return Posterior(
+        parameter_names=names,
+        samples=state.theta.double().numpy(),
+        log_weights=np.zeros(n_samples),
+        log_evidence=state.log_evidence,
+        n_simulations=state.n_simulations,
+        wall_s=wall_before + time.perf_counter() - started,
+        method="tmcmc",
+        units=dict(units or {}),
+        log_density=(state.log_prior + state.log_likelihood).numpy(),
+    )
