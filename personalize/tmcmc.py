@@ -48,9 +48,10 @@ LogLikelihood = Callable[[torch.Tensor], torch.Tensor]
 
 
 class SamplingPrior(Protocol):
-    """What TMCMC needs of a prior: seeded sampling and a log density that is −inf outside the support."""
+    """What TMCMC needs of a prior (`personalize.priors.Prior` has both): seeded sampling, and a log
+    density that is −inf outside the support."""
 
-    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor: ...
+    def sample_with(self, n: int, generator: torch.Generator) -> torch.Tensor: ...
 
     def log_prob(self, theta: torch.Tensor) -> torch.Tensor: ...
 
@@ -240,7 +241,7 @@ def tmcmc(
     Parameters
     ----------
     log_likelihood: batched ``theta[N, P] -> Tensor[N]``, evaluated through ``executor``.
-    prior: ``sample(n, generator) -> Tensor[n, P]`` and ``log_prob(theta) -> Tensor[n]`` (−inf outside
+    prior: ``sample_with(n, generator) -> Tensor[n, P]`` and ``log_prob(theta) -> Tensor[n]`` (−inf outside
         the support).
     n_samples: population size N; ``seed`` seeds the only random generator.
     target_cov: coefficient of variation of the plausibility weights that sets each tempering step.
@@ -267,7 +268,7 @@ def tmcmc(
     if resume and checkpoint_dir is not None:
         state = load_latest_checkpoint(checkpoint_dir, generator, config)
     if state is None:
-        theta = prior.sample(n_samples, generator)
+        theta = prior.sample_with(n_samples, generator)
         state = StageState(
             stage=0,
             exponent=0.0,

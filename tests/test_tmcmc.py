@@ -24,7 +24,7 @@ class GaussianPrior:
     def __init__(self, mean: torch.Tensor, cov: torch.Tensor):
         self.distribution = torch.distributions.MultivariateNormal(mean.double(), cov.double())
 
-    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+    def sample_with(self, n: int, generator: torch.Generator) -> torch.Tensor:
         z = torch.randn(n, len(self.distribution.loc), generator=generator, dtype=torch.float64)
         return self.distribution.loc + z @ self.distribution.scale_tril.T
 
@@ -38,7 +38,7 @@ class BoxPrior:
     def __init__(self, low: float, high: float, dim: int):
         self.low, self.high, self.dim = low, high, dim
 
-    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+    def sample_with(self, n: int, generator: torch.Generator) -> torch.Tensor:
         u = torch.rand(n, self.dim, generator=generator, dtype=torch.float64)
         return self.low + (self.high - self.low) * u
 
