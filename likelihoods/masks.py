@@ -114,6 +114,23 @@ def _log_minor_side(
     return s, above
 
 
+def _log_minor_side_checked(
+    density: torch.Tensor,
+    u_c: torch.Tensor | float,
+    sigma_alpha: torch.Tensor | float,
+    convention: str,
+    clamp: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_log_minor_side` of ``density − u_c`` after checking every argument."""
+    check_convention(convention)
+    check_clamp(clamp)
+    check_density(density)
+    u_c = per_sample(u_c, density, "u_c")
+    sigma_alpha = per_sample(sigma_alpha, density, "sigma_alpha")
+    check_positive(sigma_alpha, "sigma_alpha")
+    return _log_minor_side(density - u_c, sigma_alpha, convention, clamp)
+
+
 def detection_probability(
     density: torch.Tensor,
     u_c: torch.Tensor | float,
@@ -134,13 +151,7 @@ def detection_probability(
     Returns:
         ``Tensor[B, X, Y, Z]`` of α.
     """
-    check_convention(convention)
-    check_clamp(clamp)
-    check_density(density)
-    u_c = per_sample(u_c, density, "u_c")
-    sigma_alpha = per_sample(sigma_alpha, density, "sigma_alpha")
-    check_positive(sigma_alpha, "sigma_alpha")
-    s, above = _log_minor_side(density - u_c, sigma_alpha, convention, clamp)
+    s, above = _log_minor_side_checked(density, u_c, sigma_alpha, convention, clamp)
     minor = s.exp_()
     return torch.where(above, 1.0 - minor, minor)
 
@@ -170,14 +181,8 @@ def mask_log_likelihood(
 
     Memory: two float temporaries the size of ``density`` and one bool one.
     """
-    check_convention(convention)
-    check_clamp(clamp)
-    check_density(density)
     positive = binary_mask(mask, density.shape[1:], "mask").to(density.device)
-    u_c = per_sample(u_c, density, "u_c")
-    sigma_alpha = per_sample(sigma_alpha, density, "sigma_alpha")
-    check_positive(sigma_alpha, "sigma_alpha")
-    s, disagree = _log_minor_side(density - u_c, sigma_alpha, convention, clamp)
+    s, disagree = _log_minor_side_checked(density, u_c, sigma_alpha, convention, clamp)
     disagree.logical_xor_(positive)  # mask says the opposite of the side of u_c the density is on
     major = torch.exp(s).neg_().log1p_()  # log of the side of α that is ≥ 0.5
     major.masked_fill_(disagree, 0.0)
