@@ -49,6 +49,36 @@ def _inspect(args: argparse.Namespace) -> None:
     print(json.dumps(summarize(observation), indent=2))
 
 
+def _parameter_values(items: list[str]) -> dict[str, float]:
+    """``["NAME=VALUE", ...]`` as a dict; a malformed item or a repeated name is a ValueError."""
+    values: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(f"--param expects NAME=VALUE, got {item!r}")
+        if name in values:
+            raise ValueError(f"--param {name} given twice")
+        try:
+            values[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--param {name}: {value!r} is not a number") from None
+    return values
+
+
+def _likelihood(args: argparse.Namespace) -> None:
+    from personalize.evaluation import evaluate_likelihood, load_density, resolve_parameters
+    from personalize.io import load_observation
+
+    parameters = _parameter_values(args.param)
+    resolve_parameters(args.convention, parameters, pet=args.pet is not None)  # bad names fail before reading
+    observation = load_observation(args.t1gd, args.flair, args.pet, labels=args.labels)
+    density = load_density(args.density, observation)
+    result = evaluate_likelihood(density, observation, parameters, convention=args.convention, clamp=args.clamp)
+    files = {"density": args.density, "t1gd": args.t1gd, "flair": args.flair, "pet": args.pet}
+    print(json.dumps({**result, "labels": args.labels, "files": files}, indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``personalize`` command."""
     parser = argparse.ArgumentParser(prog="personalize", description=__doc__.splitlines()[0])
@@ -86,6 +116,24 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--pet", help="FET-PET map (optional)")
     inspect.add_argument("--labels", help="label convention: brats, gliodil, predictgbm or gliomasolver")
     inspect.set_defaults(handler=_inspect)
+
+    likelihood = commands.add_parser(
+        "likelihood", help="log-likelihood of one density given a patient's scans (float64), printed as JSON")
+    likelihood.add_argument("--density", required=True, help="tumour cell density in [0, 1] on the scans' grid")
+    likelihood.add_argument("--t1gd", required=True, help="T1Gd segmentation (binary mask or label map)")
+    likelihood.add_argument("--flair", required=True, help="FLAIR segmentation (binary mask or label map)")
+    likelihood.add_argument("--pet", help="FET-PET map (optional)")
+    likelihood.add_argument("--labels", help="label convention: brats, gliodil, predictgbm or gliomasolver")
+    likelihood.add_argument("--convention", choices=("thesis", "gliomasolver"), default="gliomasolver",
+                            help="likelihood form (default gliomasolver, whose defaults are GliomaSolver's: "
+                                 "u_t1gd 0.7, u_flair 0.25, slope 2, pet_scale 0.85, pet_sigma 0.019; "
+                                 "thesis has no defaults)")
+    likelihood.add_argument("--param", action="extend", nargs="+", default=[], metavar="NAME=VALUE",
+                            help="imaging parameter: u_t1gd, u_flair, sigma_alpha, pet_scale, pet_sigma, "
+                                 "or (gliomasolver) slope = sigma_alpha^2")
+    likelihood.add_argument("--clamp", type=float, default=0.0,
+                            help="keep alpha in [clamp, 1 - clamp] (default 0: the published formula)")
+    likelihood.set_defaults(handler=_likelihood)
     return parser
 
 
