@@ -1,0 +1,62 @@
+"""Specification of synthetic patients: scans follow the imaging model, and the written case reads back."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import phantom
+from personalize.io import load_observation
+from personalize.synth import BUILT_IN_CASE, synthesize, write_synthetic
+from simulators.anatomy import Anatomy
+
+TRUTH = BUILT_IN_CASE | {"x": -20.0, "y": 0.0, "z": 4.0, "D_w": 0.3, "rho": 0.05, "T": 200.0}
+
+
+@pytest.fixture(scope="module")
+def patient():
+    return synthesize(TRUTH, phantom(32, 4.0), seed=1)
+
+
+def test_masks_are_the_density_thresholded_at_the_true_thresholds(patient):
+    np.testing.assert_array_equal(patient.t1gd, patient.density > TRUTH["u_t1gd"])
+    np.testing.assert_array_equal(patient.flair, patient.density > TRUTH["u_flair"])
+    assert patient.t1gd.sum() > 0 and np.all(patient.flair >= patient.t1gd)
+
+
+def test_pet_is_scaled_density_plus_noise_of_the_stated_width(patient):
+    clear = (patient.anatomy.tissue > 0) & (patient.density * TRUTH["pet_scale"] > 5 * TRUTH["pet_sigma"])
+    residual = patient.pet[clear] - TRUTH["pet_scale"] * patient.density[clear]
+    assert clear.sum() > 500
+    assert abs(residual.mean()) < 4 * TRUTH["pet_sigma"] / np.sqrt(clear.sum())
+    assert residual.std() == pytest.approx(TRUTH["pet_sigma"], rel=0.1)
+    assert patient.pet.min() >= 0 and patient.pet[patient.anatomy.tissue == 0].max() == 0
+
+
+def test_the_same_seed_gives_the_same_patient():
+    anatomy = phantom(24, 5.0)
+    first, second = (synthesize(TRUTH, anatomy, seed=3) for _ in range(2))
+    np.testing.assert_array_equal(first.pet, second.pet)
+
+
+def test_written_case_reads_back_as_an_observation_and_an_anatomy(patient, tmp_path):
+    paths = write_synthetic(patient, tmp_path)
+    observation = load_observation(paths["t1gd"], paths["flair"], paths["pet"])
+    np.testing.assert_array_equal(observation.t1gd, patient.t1gd)
+    np.testing.assert_allclose(observation.pet, patient.pet)
+    anatomy = Anatomy.from_nifti(paths["wm"], paths["gm"], paths["csf"])
+    np.testing.assert_allclose(anatomy.affine, patient.anatomy.affine)
+    truth = json.loads(paths["truth"].read_text())
+    assert truth["mu_1"]["value"] == pytest.approx(np.sqrt(TRUTH["D_w"] * TRUTH["T"]))
+    assert truth["D_w"] == {"value": TRUTH["D_w"], "unit": "mm^2/day"}
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [({"T": 1.0}, "nothing would show"), ({"u_flair": 0.8}, "u_flair < u_t1gd"), ({"pet_sigma": -1.0}, "pet_sigma")],
+)
+def test_impossible_cases_are_refused(change, problem):
+    with pytest.raises(ValueError, match=problem):
+        synthesize(TRUTH | change, phantom(24, 5.0))
