@@ -79,6 +79,21 @@ def _likelihood(args: argparse.Namespace) -> None:
     print(json.dumps({**result, "labels": args.labels, "files": files}, indent=2))
 
 
+def _synth(args: argparse.Namespace) -> None:
+    from personalize.synth import BUILT_IN_CASE, synthesize, write_synthetic
+    from simulators.atlas import default_atlas
+
+    truth = BUILT_IN_CASE | _parameter_values(args.param)
+    unknown = sorted(set(truth) - set(BUILT_IN_CASE))
+    if unknown:
+        raise ValueError(f"unknown parameters {', '.join(unknown)}; known: {', '.join(BUILT_IN_CASE)}")
+    patient = synthesize(truth, default_atlas(spacing_mm=args.spacing), seed=args.seed, with_pet=not args.no_pet)
+    paths = write_synthetic(patient, args.out)
+    volumes = patient.visible_volumes_ml
+    print(f"wrote a synthetic patient to {args.out}: T1Gd {volumes['t1gd']:.1f} mL, FLAIR {volumes['flair']:.1f} mL; "
+          f"truth in {paths['truth']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``personalize`` command."""
     parser = argparse.ArgumentParser(prog="personalize", description=__doc__.splitlines()[0])
@@ -134,6 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     likelihood.add_argument("--clamp", type=float, default=0.0,
                             help="keep alpha in [clamp, 1 - clamp] (default 0: the published formula)")
     likelihood.set_defaults(handler=_likelihood)
+
+    synth = commands.add_parser("synth", help="a synthetic patient on the default atlas, with its truth beside it")
+    synth.add_argument("--param", action="extend", nargs="+", default=[], metavar="NAME=VALUE",
+                       help="override the built-in case: D_w, rho, T, x, y, z, u_t1gd, u_flair, pet_scale, "
+                            "pet_sigma")
+    synth.add_argument("--spacing", type=float, default=2.0, help="atlas spacing in mm (default 2)")
+    synth.add_argument("--seed", type=int, default=0, help="seed of the PET noise")
+    synth.add_argument("--no-pet", action="store_true", help="no PET scan")
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.set_defaults(handler=_synth)
     return parser
 
 

@@ -42,6 +42,12 @@ class SyntheticPatient:
     pet: np.ndarray | None
     truth: dict[str, float]
 
+    @property
+    def visible_volumes_ml(self) -> dict[str, float]:
+        """Volumes (mL) of the T1Gd and FLAIR abnormalities."""
+        voxel_ml = float(np.prod(self.anatomy.spacing_mm)) / 1000.0
+        return {"t1gd": float(self.t1gd.sum()) * voxel_ml, "flair": float(self.flair.sum()) * voxel_ml}
+
 
 def synthesize(
     truth: dict[str, float],

@@ -60,3 +60,21 @@ def test_written_case_reads_back_as_an_observation_and_an_anatomy(patient, tmp_p
 def test_impossible_cases_are_refused(change, problem):
     with pytest.raises(ValueError, match=problem):
         synthesize(TRUTH | change, phantom(24, 5.0))
+
+
+def test_the_synth_command_writes_the_built_in_case_with_overrides(tmp_path, capsys):
+    from personalize.cli import main
+
+    out = tmp_path / "case"
+    assert main(["synth", "--spacing", "8", "--param", "T=400", "D_w=0.3", "--out", str(out)]) == 0
+    truth = json.loads((out / "truth.json").read_text())
+    assert truth["T"]["value"] == 400.0 and truth["D_w"]["value"] == 0.3 and truth["rho"]["value"] == BUILT_IN_CASE["rho"]
+    assert {p.name for p in out.iterdir()} >= {"t1gd.nii.gz", "flair.nii.gz", "pet.nii.gz", "wm.nii.gz", "gm.nii.gz"}
+    assert "mL" in capsys.readouterr().out
+
+
+def test_the_synth_command_refuses_an_unknown_parameter_in_one_line(tmp_path, capsys):
+    from personalize.cli import main
+
+    assert main(["synth", "--param", "Dw=0.3", "--out", str(tmp_path / "never")]) == 2
+    assert "Dw" in capsys.readouterr().err and not (tmp_path / "never").exists()
