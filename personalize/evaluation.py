@@ -35,8 +35,8 @@ import torch
 
 from likelihoods.joint import GLIOMASOLVER_DEFAULTS, IMAGING_PARAMETER_NAMES, ImageObservation, JointLikelihood
 from likelihoods.masks import check_clamp, check_convention
-from personalize.io import Observation, _check_same_grid
-from simulators.nifti import NiftiError, read_volume
+from personalize.io import Observation
+from simulators.nifti import NiftiError, check_same_grid, read_volume
 
 PARAMETER_NAMES = (*IMAGING_PARAMETER_NAMES, "slope")
 """Names accepted by :func:`resolve_parameters`; ``slope`` only under ``"gliomasolver"``."""
@@ -47,10 +47,10 @@ def load_density(path: str | os.PathLike[str], observation: Observation) -> np.n
 
     Raises:
         NiftiError: the file cannot be read, is on another grid (shape, or voxel centres more than
-            :data:`personalize.io.AFFINE_TOLERANCE_MM` apart), or holds values outside [0, 1].
+            :data:`simulators.nifti.AFFINE_TOLERANCE_MM` apart), or holds values outside [0, 1].
     """
     volume = read_volume(path)
-    _check_same_grid(volume, observation.reference)
+    check_same_grid(volume, observation.reference)
     data = volume.data.astype(np.float64)
     outside = int(np.count_nonzero((data < 0) | (data > 1)))
     if outside:

@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from itertools import product
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from simulators.nifti import NiftiError, Volume, read_volume, write_like
+from simulators.nifti import AFFINE_TOLERANCE_MM, NiftiError, Volume, check_same_grid, read_volume, write_like
 
 PathLike = str | os.PathLike[str]
 
-AFFINE_TOLERANCE_MM = 1e-3
-"""Two files are on one grid when their voxel centres lie within this distance of each other."""
 
 
 @dataclass(frozen=True)
@@ -131,11 +128,11 @@ def load_observation(
     t1gd_volume = read_volume(t1gd)
     same_file = Path(flair).resolve() == Path(t1gd).resolve()
     flair_volume = t1gd_volume if same_file else read_volume(flair)
-    _check_same_grid(flair_volume, t1gd_volume)
+    check_same_grid(flair_volume, t1gd_volume)
     pet_map = None
     if pet is not None:
         pet_volume = read_volume(pet)
-        _check_same_grid(pet_volume, t1gd_volume)
+        check_same_grid(pet_volume, t1gd_volume)
         negative = int(np.count_nonzero(pet_volume.data < 0))
         if negative:
             raise NiftiError(pet, f"PET holds {negative} negative values (min {pet_volume.data.min():g})")
@@ -193,23 +190,6 @@ def _convention(name: str | None, path: PathLike) -> LabelConvention | None:
     if name not in LABEL_CONVENTIONS:
         raise NiftiError(path, f"unknown label convention {name!r}; valid: {', '.join(LABEL_CONVENTIONS)}")
     return LABEL_CONVENTIONS[name]
-
-
-def _check_same_grid(volume: Volume, reference: Volume) -> None:
-    """Same canonical shape, and every voxel centre within AFFINE_TOLERANCE_MM of the reference's."""
-    if volume.data.shape != reference.data.shape:
-        raise NiftiError(
-            volume.path,
-            f"shape {volume.source_shape} (RAS+ {volume.data.shape}) does not match "
-            f"{reference.path} shape {reference.source_shape} (RAS+ {reference.data.shape})",
-        )
-    corners = np.array(list(product(*[(0, n - 1) for n in volume.data.shape] + [(1,)])), dtype=np.float64)
-    distance = float(np.abs(corners @ (volume.affine - reference.affine).T).max())
-    if distance > AFFINE_TOLERANCE_MM:
-        raise NiftiError(
-            volume.path,
-            f"affine does not match that of {reference.path} (voxels up to {distance:.3g} mm apart)",
-        )
 
 
 def _mask(volume: Volume, convention: LabelConvention | None, kind: str) -> np.ndarray:

@@ -54,6 +54,8 @@ from torch.distributions.transforms import (
     Transform,
 )
 
+from simulators.nifti import AFFINE_TOLERANCE_MM, grid_offset_mm
+
 PathLike = str | os.PathLike[str]
 
 DYNAMIC_NAMES = ("D_w", "rho", "T")
@@ -99,7 +101,6 @@ DEFAULT_SEED_MARGIN_MM = 5.0
 TISSUE_THRESHOLD = 0.5
 """A voxel is tissue, and may hold the seed, when ``wm + gm`` reaches this."""
 
-AFFINE_TOLERANCE_MM = 1e-3
 """The anatomy and the observation share a grid when their corner voxels lie this close."""
 
 
@@ -132,9 +133,7 @@ def seed_candidates(anatomy: Any, observation: Any, seed_margin_mm: float = DEFA
     affine = np.asarray(anatomy.affine, dtype=np.float64)
     other = getattr(observation, "affine", None)
     if other is not None:
-        corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
-                            for k in (0, shape[2] - 1)])
-        distance = float(np.abs(corners @ (np.asarray(other, dtype=np.float64) - affine).T).max())
+        distance = grid_offset_mm(affine, other, shape)
         if distance > AFFINE_TOLERANCE_MM:
             raise ValueError(f"observation and anatomy have the same shape {shape} but different affines "
                              f"(voxels up to {distance:.3g} mm apart); put them on one grid first")

@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from itertools import product
 
 import numpy as np
 from scipy import ndimage, sparse
 
-from simulators.nifti import NiftiError, Volume, read_volume
+from simulators.nifti import NiftiError, Volume, check_same_grid, read_volume
 
 PathLike = str | os.PathLike[str]
 
 PROBABILITY_TOLERANCE = 1e-3
 """How far outside [0, 1] a tissue map may stray (rounding in stored files) before it is refused."""
 
-AFFINE_TOLERANCE_MM = 1e-3
 """Largest distance between the grids' corner voxels, in mm, for two tissue maps to count as one grid."""
 
 
@@ -114,7 +112,7 @@ class Anatomy:
                 maps[name] = np.zeros_like(maps["wm"])
                 continue
             volume = read_volume(path)
-            _check_same_grid(volume, reference)
+            check_same_grid(volume, reference)
             maps[name] = _probabilities(volume)
         if not np.any(maps["wm"] + maps["gm"] > 0):
             raise NiftiError(reference.path, f"no tissue: this white-matter map and the grey-matter map {gm} "
@@ -240,19 +238,6 @@ def _probabilities(volume: Volume) -> np.ndarray:
         raise NiftiError(volume.path, f"values span [{low:g}, {high:g}]; a tissue map holds probabilities "
                                       "or a binary mask in [0, 1]")
     return np.clip(volume.data, 0.0, 1.0)
-
-
-def _check_same_grid(volume: Volume, reference: Volume) -> None:
-    """Refuse ``volume`` unless it has ``reference``'s shape and places its corner voxels at the same points."""
-    if volume.data.shape != reference.data.shape:
-        raise NiftiError(volume.path, f"shape {volume.data.shape} differs from {reference.data.shape} of "
-                                      f"{reference.path}")
-    corners = np.array(list(product(*[(0, n - 1) for n in reference.data.shape])), dtype=np.float64)
-    offset = np.linalg.norm(corners @ (volume.affine - reference.affine)[:3, :3].T
-                            + (volume.affine - reference.affine)[:3, 3], axis=1).max()
-    if offset > AFFINE_TOLERANCE_MM:
-        raise NiftiError(volume.path, f"affine differs from that of {reference.path}: voxels up to "
-                                      f"{offset:.3g} mm apart")
 
 
 def _spacing_triple(spacing_mm: float | tuple[float, float, float]) -> np.ndarray:

@@ -15,11 +15,16 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
+
+
+AFFINE_TOLERANCE_MM = 1e-3
+"""Two images are on one grid when their voxel centres lie within this distance of each other."""
 
 
 class NiftiError(ValueError):
@@ -58,6 +63,33 @@ def reorient_to(array: np.ndarray, affine: np.ndarray, target_affine: np.ndarray
     """Flip/permute ``array`` (on ``affine``) onto the axis orientation of ``target_affine``."""
     transform = ornt_transform(io_orientation(affine), io_orientation(target_affine))
     return np.ascontiguousarray(apply_orientation(np.asarray(array), transform))
+
+
+def grid_offset_mm(affine: np.ndarray, other: np.ndarray, shape: tuple[int, ...]) -> float:
+    """Largest distance (mm) between where two affines put the corner voxels of a grid of ``shape``.
+
+    Affines are linear, so the corners bound the distance over every voxel centre.
+    """
+    corners = np.array(list(product(*[(0, n - 1) for n in shape[:3]], (1,))), dtype=np.float64)
+    difference = np.asarray(other, dtype=np.float64) - np.asarray(affine, dtype=np.float64)
+    return float(np.linalg.norm(corners @ difference[:3].T, axis=1).max())
+
+
+def check_same_grid(volume: Volume, reference: Volume) -> None:
+    """Refuse ``volume`` (a :class:`NiftiError` naming it) unless it has ``reference``'s canonical shape and
+    every voxel centre lies within :data:`AFFINE_TOLERANCE_MM` of the reference's."""
+    if volume.data.shape != reference.data.shape:
+        raise NiftiError(
+            volume.path,
+            f"shape {volume.source_shape} (RAS+ {volume.data.shape}) does not match "
+            f"{reference.path} shape {reference.source_shape} (RAS+ {reference.data.shape})",
+        )
+    distance = grid_offset_mm(reference.affine, volume.affine, reference.data.shape)
+    if distance > AFFINE_TOLERANCE_MM:
+        raise NiftiError(
+            volume.path,
+            f"affine does not match that of {reference.path} (voxels up to {distance:.3g} mm apart)",
+        )
 
 
 def read_volume(path: str | os.PathLike[str]) -> Volume:
