@@ -104,7 +104,10 @@ class FisherKolmogorov:
         ``integrator="auto"`` each sample gets the integrator that needs fewer stencil passes (Heun costs
         two per step); the choice depends on the sample alone, never on the rest of the batch.
         """
-        values = _check_params(params)
+        return self._choose_plan(_check_params(params), anatomy)
+
+    def _choose_plan(self, values: np.ndarray, anatomy: Anatomy) -> StepPlan:
+        """:meth:`plan` for parameters already checked."""
         euler, heun = self._plan(values, anatomy, "euler"), self._plan(values, anatomy, "heun")
         if self.integrator == "auto":
             use_heun = 2 * heun.steps < euler.steps
@@ -182,7 +185,7 @@ class FisherKolmogorov:
         if batch == 0:
             return density
 
-        plan = self.plan(params, anatomy)
+        plan = self._choose_plan(values, anatomy)
         with tqdm(total=int(sum(plan.steps[plan.integrator == name].max(initial=0) for name in ("euler", "heun"))),
                   disable=not progress, desc="simulate", unit="step", leave=False) as bar:
             for name in ("euler", "heun"):
