@@ -35,6 +35,8 @@ class Posterior:
     method: str
     units: dict[str, str] = field(default_factory=dict)
     log_density: np.ndarray | None = None
+    stages: tuple[dict[str, float], ...] = ()
+    """Per-stage diagnostics of a staged engine (TMCMC: :func:`personalize.tmcmc.stage_record`)."""
 
     def __post_init__(self) -> None:
         n, p = self.samples.shape
@@ -118,6 +120,7 @@ class Posterior:
             "n_simulations": int(self.n_simulations),
             "wall_s": float(self.wall_s),
             "method": self.method,
+            "stages": json.dumps(list(self.stages)),
         }
         data = az.from_dict(
             posterior={name: self.samples[None, :, i] for i, name in enumerate(self.parameter_names)},
@@ -143,6 +146,7 @@ class Posterior:
             method=str(attrs["method"]),
             units=json.loads(attrs["units"]),
             log_density=stats["lp"].values[0] if "lp" in stats else None,
+            stages=tuple(json.loads(attrs.get("stages", "[]"))),
         )
 
     @classmethod

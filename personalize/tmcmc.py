@@ -65,11 +65,33 @@ class StageState:
     theta: torch.Tensor
     log_likelihood: torch.Tensor
     log_prior: torch.Tensor
+    base: torch.Tensor
+    """The untempered part of the target: f_j ∝ p(θ) exp(base + p_j · log_likelihood) (zeros on level 0)."""
+    level: int
     log_evidence: float
     scale: float
     acceptance: float
     n_simulations: int
     wall_s: float
+    history: tuple[dict[str, float], ...] = ()
+    """One :func:`stage_record` per stage so far, for the tempering diagnostics."""
+
+
+def stage_record(state: StageState) -> dict[str, float]:
+    """What the tempering diagnostics plot of one stage: exponent p_j, log-evidence so far, acceptance
+    rate and proposal scale β² of its moves, cumulative likelihood evaluations and wall time, and the
+    number of distinct samples left after resampling and moving."""
+    return {
+        "stage": float(state.stage),
+        "level": float(state.level),
+        "exponent": state.exponent,
+        "log_evidence": state.log_evidence,
+        "acceptance": state.acceptance,
+        "scale": state.scale,
+        "n_simulations": float(state.n_simulations),
+        "wall_s": state.wall_s,
+        "unique": float(len(torch.unique(state.theta, dim=0))),
+    }
 
 
 def coefficient_of_variation(log_weights: torch.Tensor) -> float:
@@ -122,21 +144,25 @@ def adapted_scale(scale: float, acceptance: float, target: float) -> float:
     return scale * min(max(factor, 0.25), 4.0) ** 2
 
 
+LevelLikelihood = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor, int]]
+"""``(level, theta) -> (base, log_likelihood, simulations)``: the two parts of level ``level``'s target at
+``theta`` (see :func:`tmcmc`) and how many likelihood evaluations they took."""
+
+
 def metropolis_steps(
     state: StageState,
-    log_likelihood: LogLikelihood,
+    level_likelihood: LevelLikelihood,
     prior: SamplingPrior,
     root: torch.Tensor,
     steps: int,
     generator: torch.Generator,
-    evaluate_batch: Callable[[LogLikelihood, torch.Tensor], torch.Tensor],
 ) -> tuple[StageState, float]:
-    """``steps`` Metropolis moves of every sample on f ∝ p(θ) L(θ)^p, proposal θ + R z, z ~ N(0, I).
+    """``steps`` Metropolis moves of every sample on f ∝ p(θ) exp(base + p·ℓ), proposal θ + R z, z ~ N(0, I).
 
     Returns the moved state and the fraction of accepted proposals. Each move evaluates the likelihood
     of all in-support proposals as one batch; out-of-support ones are rejected.
     """
-    theta, ll, lp = state.theta, state.log_likelihood, state.log_prior
+    theta, ll, lp, base = state.theta, state.log_likelihood, state.log_prior, state.base
     p, accepted, evaluated = state.exponent, 0, 0
     for _ in range(steps):
         z = torch.randn(theta.shape, generator=generator, dtype=torch.float64)
@@ -144,22 +170,32 @@ def metropolis_steps(
         proposal_lp = prior.log_prob(proposal).double()
         inside = torch.isfinite(proposal_lp)
         proposal_ll = torch.full_like(ll, -math.inf)
-        proposal_ll[inside] = evaluate_batch(log_likelihood, proposal[inside]).double()
-        log_ratio = (proposal_lp + p * proposal_ll) - (lp + p * ll)
+        proposal_base = torch.zeros_like(base)
+        proposal_base[inside], proposal_ll[inside], count = level_likelihood(state.level, proposal[inside])
+        log_ratio = (proposal_lp + proposal_base + p * proposal_ll) - (lp + base + p * ll)
         u = torch.rand(ll.shape, generator=generator, dtype=torch.float64)
         accept = inside & (torch.log(u) < log_ratio)
         theta = torch.where(accept[:, None], proposal, theta)
         ll, lp = torch.where(accept, proposal_ll, ll), torch.where(accept, proposal_lp, lp)
+        base = torch.where(accept, proposal_base, base)
         accepted += int(accept.sum())
-        evaluated += int(inside.sum())
-    moved = replace(state, theta=theta, log_likelihood=ll, log_prior=lp,
+        evaluated += count
+    moved = replace(state, theta=theta, log_likelihood=ll, log_prior=lp, base=base,
                     n_simulations=state.n_simulations + evaluated)
     return moved, accepted / (steps * len(ll))
 
 
+def next_level(state: StageState, level_likelihood: LevelLikelihood) -> StageState:
+    """Level l at p = 1 becomes level l + 1 at p = 0, the same target p(θ) L_l(θ) written as
+    p(θ) exp(ℓ_l + 0·(ℓ_{l+1} − ℓ_l)): no resampling, one evaluation of level l + 1 per sample."""
+    base, ll, count = level_likelihood(state.level + 1, state.theta)
+    return replace(state, level=state.level + 1, exponent=0.0, base=base, log_likelihood=ll,
+                   n_simulations=state.n_simulations + count)
+
+
 def advance(
     state: StageState,
-    log_likelihood: LogLikelihood,
+    level_likelihood: LevelLikelihood,
     prior: SamplingPrior,
     *,
     target_cov: float,
@@ -167,7 +203,6 @@ def advance(
     adapt_scale: bool,
     target_acceptance: float,
     generator: torch.Generator,
-    evaluate_batch: Callable[[LogLikelihood, torch.Tensor], torch.Tensor],
 ) -> StageState:
     """One TMCMC stage j → j+1: new exponent, evidence increment, resampling, Metropolis moves."""
     n = len(state.log_likelihood)
@@ -184,13 +219,12 @@ def advance(
         theta=state.theta[index],
         log_likelihood=state.log_likelihood[index],
         log_prior=state.log_prior[index],
+        base=state.base[index],
         log_evidence=state.log_evidence + log_s,
     )
-    moved, acceptance = metropolis_steps(
-        resampled, log_likelihood, prior, root, chain_steps, generator, evaluate_batch
-    )
+    moved, acceptance = metropolis_steps(resampled, level_likelihood, prior, root, chain_steps, generator)
     scale = adapted_scale(state.scale, acceptance, target_acceptance) if adapt_scale else state.scale
-    return replace(moved, scale=scale, acceptance=acceptance)
+    return replace(moved, scale=scale, acceptance=acceptance)  # history: the caller adds the stage's record
 
 
 def save_checkpoint(directory: Path, state: StageState, generator: torch.Generator, config: dict) -> None:
@@ -235,6 +269,7 @@ def tmcmc(
     progress: bool = True,
     max_stages: int = 100,
     units: dict[str, str] | None = None,
+    coarse_log_likelihoods: Sequence[LogLikelihood] = (),
 ) -> Posterior:
     """Posterior samples and log-evidence of ``prior`` × exp(``log_likelihood``) by TMCMC.
 
@@ -250,62 +285,85 @@ def tmcmc(
         toward ``target_acceptance``.
     executor, chunk_size: how each population batch is evaluated (see `personalize.executors.evaluate`).
     checkpoint_dir, resume: write a checkpoint per stage; continue from the latest one.
-    max_stages: raise if the exponent has not reached 1 after this many stages (the last checkpoint
-        lets ``resume=True`` continue with a larger limit).
+    max_stages: raise if the run has not finished after this many stages (the last checkpoint lets
+        ``resume=True`` continue with a larger limit).
+    coarse_log_likelihoods: cheaper approximations ℓ_0, …, ℓ_{L−1} of ``log_likelihood`` = ℓ_L (e.g. the
+        same model on coarser grids), coarsest first. Multilevel sequential Monte Carlo (Latz, Papaioannou
+        and Ullmann, "Multilevel Sequential² Monte Carlo for Bayesian inverse problems", J. Comput. Phys.
+        368, 2018): the population is tempered from the prior to p(θ) L_0(θ), then bridged level by level
+        through p(θ) exp(ℓ_{l−1} + q·(ℓ_l − ℓ_{l−1})), q from 0 to 1 with the same adaptive steps, so that
+        most simulations are the cheap ones and the result is still the posterior of ``log_likelihood``
+        (and the evidence the product of every stage's mean weight). Bridging stages evaluate two
+        levels per proposal.
 
     Returns equally weighted samples of the posterior (``log_weights`` zeros) with ``log_density`` =
-    log prior + log-likelihood, the log-evidence Σ_j log S_j and the number of likelihood evaluations.
+    log prior + log-likelihood, the log-evidence Σ_j log S_j, the number of likelihood evaluations (all
+    levels) and one :func:`stage_record` per stage in ``stages``.
     """
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     names = tuple(parameter_names)
-    config = {"seed": seed, "n_samples": n_samples, "parameter_names": list(names)}
+    levels = (*coarse_log_likelihoods, log_likelihood)
+    config = {"seed": seed, "n_samples": n_samples, "parameter_names": list(names), "levels": len(levels)}
 
-    def evaluate_batch(f: LogLikelihood, theta: torch.Tensor) -> torch.Tensor:
-        return evaluate(f, theta, executor=executor, chunk_size=chunk_size)
+    def level_likelihood(level: int, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        if len(theta) == 0:
+            return theta.new_zeros(0, dtype=torch.float64), theta.new_zeros(0, dtype=torch.float64), 0
+        upper = evaluate(levels[level], theta, executor=executor, chunk_size=chunk_size).double()
+        if level == 0:
+            return torch.zeros_like(upper), upper, len(theta)
+        lower = evaluate(levels[level - 1], theta, executor=executor, chunk_size=chunk_size).double()
+        return lower, upper - lower, 2 * len(theta)
 
     state = None
     if resume and checkpoint_dir is not None:
         state = load_latest_checkpoint(checkpoint_dir, generator, config)
+    wall_before = 0.0 if state is None else state.wall_s  # time spent by the run this one resumes
     if state is None:
         theta = prior.sample_with(n_samples, generator)
+        base, ll, count = level_likelihood(0, theta)
         state = StageState(
             stage=0,
             exponent=0.0,
             theta=theta,
-            log_likelihood=evaluate_batch(log_likelihood, theta).double(),
+            log_likelihood=ll,
             log_prior=prior.log_prob(theta).double(),
+            base=base,
+            level=0,
             log_evidence=0.0,
             scale=2.38**2 / len(names) if proposal_scale is None else proposal_scale,
             acceptance=math.nan,
-            n_simulations=n_samples,
-            wall_s=0.0,
+            n_simulations=count,
+            wall_s=time.perf_counter() - started,
         )
+        state = replace(state, history=(stage_record(state),))
         if checkpoint_dir is not None:
-            save_checkpoint(checkpoint_dir, replace(state, wall_s=time.perf_counter() - started),
-                            generator, config)
-    wall_before = state.wall_s
+            save_checkpoint(checkpoint_dir, state, generator, config)
 
-    bar = tqdm(total=1.0, initial=state.exponent, disable=not progress, desc="TMCMC",
+    last = len(levels) - 1
+    bar = tqdm(total=float(len(levels)), initial=state.level + state.exponent, disable=not progress, desc="TMCMC",
                bar_format="{desc}: {percentage:3.0f}%|{bar}{postfix}")
     with bar:
-        while state.exponent < 1.0:
+        while state.level < last or state.exponent < 1.0:
             if state.stage >= max_stages:
                 raise RuntimeError(
-                    f"TMCMC reached {max_stages} stages at exponent {state.exponent:.3g}; "
-                    "resume with a larger max_stages or a larger target_cov"
+                    f"TMCMC reached {max_stages} stages at level {state.level} of {last}, exponent "
+                    f"{state.exponent:.3g}; resume with a larger max_stages or a larger target_cov"
                 )
-            previous = state.exponent
+            previous = state.level + state.exponent
+            if state.exponent >= 1.0:
+                state = next_level(state, level_likelihood)
             state = advance(
-                state, log_likelihood, prior, target_cov=target_cov, chain_steps=chain_steps,
-                adapt_scale=adapt_scale, target_acceptance=target_acceptance,
-                generator=generator, evaluate_batch=evaluate_batch,
+                state, level_likelihood, prior, target_cov=target_cov, chain_steps=chain_steps,
+                adapt_scale=adapt_scale, target_acceptance=target_acceptance, generator=generator,
             )
             state = replace(state, wall_s=wall_before + time.perf_counter() - started)
+            state = replace(state, history=(*state.history, stage_record(state)))
             if checkpoint_dir is not None:
                 save_checkpoint(checkpoint_dir, state, generator, config)
-            bar.update(state.exponent - previous)
-            bar.set_postfix({"stage": state.stage, "p": f"{state.exponent:.3g}", "acceptance": f"{state.acceptance:.2f}"})
+            bar.update(state.level + state.exponent - previous)
+            bar.set_postfix({"stage": state.stage, "level": state.level, "p": f"{state.exponent:.3g}",
+                             "acceptance": f"{state.acceptance:.2f}"})
 
     return Posterior(
         parameter_names=names,
@@ -316,5 +374,6 @@ def tmcmc(
         wall_s=wall_before + time.perf_counter() - started,
         method="tmcmc",
         units=dict(units or {}),
-        log_density=(state.log_prior + state.log_likelihood).numpy(),
+        log_density=(state.log_prior + state.base + state.log_likelihood).numpy(),
+        stages=state.history,
     )

@@ -135,6 +135,23 @@ class Anatomy:
         voxel centres as :meth:`resample_array_to` does. Both act one axis at a time, which is exact for this
         separable box geometry.
         """
+        affine, weights = self._resampling(spacing_mm)
+        maps = {name: _apply_along_axes(getattr(self, name), weights) for name in ("wm", "gm", "csf")}
+        return Anatomy(**maps, affine=affine)
+
+    def resample_array(self, array: np.ndarray, spacing_mm: float | tuple[float, float, float]) -> np.ndarray:
+        """An array on this grid carried onto the grid of ``self.resample(spacing_mm)``, the same way.
+
+        Along coarser axes each new voxel is the overlap-weighted mean of the old ones, so a binary mask
+        becomes the fraction of each new voxel it covers and a PET map the mean uptake.
+        """
+        array = np.asarray(array, dtype=np.float32)
+        if array.shape != self.shape:
+            raise ValueError(f"array of shape {array.shape} does not lie on this grid {self.shape}")
+        return _apply_along_axes(array, self._resampling(spacing_mm)[1])
+
+    def _resampling(self, spacing_mm: float | tuple[float, float, float]) -> tuple[np.ndarray, list[sparse.csr_array]]:
+        """Affine of the grid at ``spacing_mm`` and the per-axis matrices onto it (see :meth:`resample`)."""
         spacing = _spacing_triple(spacing_mm)
         old_spacing = np.asarray(self.spacing_mm)
         extents = np.asarray(self.shape) * old_spacing
@@ -146,8 +163,7 @@ class Anatomy:
         weights = [_box_weights(n_old, n_new, ratio) if ratio >= 1.0
                    else _linear_weights((np.arange(n_new) + 0.5) * ratio - 0.5, n_old)
                    for n_old, n_new, ratio in zip(self.shape, shape, spacing / old_spacing)]
-        maps = {name: _apply_along_axes(getattr(self, name), weights) for name in ("wm", "gm", "csf")}
-        return Anatomy(**maps, affine=affine)
+        return affine, weights
 
     def resample_array_to(self, array: np.ndarray, target: Anatomy) -> np.ndarray:
         """Carry an array on this anatomy's grid onto ``target``'s grid, through world coordinates.
