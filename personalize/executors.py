@@ -15,14 +15,23 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 
 import torch
 
+from simulators.stencil import set_threads
+
 BatchFunction = Callable[[torch.Tensor], torch.Tensor]
 """``f(theta[N, P]) -> Tensor[N]``, e.g. a log-likelihood over a batch of parameters."""
 
 
 def local_executor(workers: int | None = None) -> Executor | None:
-    """A pool of ``workers`` local processes (default: one per CPU), or None (serial) for one worker."""
-    workers = workers or os.cpu_count() or 1
-    return None if workers <= 1 else ProcessPoolExecutor(max_workers=workers)
+    """A pool of ``workers`` local processes (default: one per CPU), or None (serial) for one worker.
+
+    Each process runs the simulators' kernels on its share of the CPUs (``cpu_count // workers`` threads),
+    so that the pool does not oversubscribe the machine.
+    """
+    cpus = os.cpu_count() or 1
+    workers = workers or cpus
+    if workers <= 1:
+        return None
+    return ProcessPoolExecutor(max_workers=workers, initializer=set_threads, initargs=(max(1, cpus // workers),))
 
 
 def evaluate(

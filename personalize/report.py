@@ -29,12 +29,15 @@ def plot_orthogonal_slices(
     *,
     title: str = "",
     thresholds: tuple[float, ...] = (0.25, 0.7),
+    outlines: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Save axial, coronal and sagittal slices of ``density`` over grey/white matter as a PNG.
 
     Arrays are canonical (RAS+): the axial slice is shown with anterior up and the patient's right on the
     viewer's left (radiological convention), as are the coronal and sagittal slices. Contours mark the
-    ``thresholds`` that imaging is thought to detect (e.g. T1Gd ≈ 0.7, FLAIR ≈ 0.25).
+    ``thresholds`` that imaging is thought to detect (e.g. T1Gd ≈ 0.7, FLAIR ≈ 0.25). ``outlines`` (label →
+    binary mask on the same grid, e.g. the observed segmentations) are drawn as dashed white-to-blue
+    contours, so a fitted density can be judged against the data it was fitted to.
     """
     i, j, k = slice_centre(density, anatomy)
     world = anatomy.voxel_to_world(np.array([i, j, k]))
@@ -58,6 +61,13 @@ def plot_orthogonal_slices(
         if density[index].max() > min(thresholds):
             axis.contour(density[index].T, levels=sorted(thresholds), colors=["cyan", "lime"][: len(thresholds)],
                          linewidths=0.8, origin="lower", extent=extent)
+        for (label, mask), style in zip((outlines or {}).items(), ("--", ":", "-.")):
+            if mask[index].any():
+                axis.contour(mask[index].T.astype(np.float32), levels=[0.5], colors="deepskyblue",
+                             linewidths=1.0, linestyles=style, origin="lower", extent=extent)
+                axis.plot([], [], color="deepskyblue", linestyle=style, label=label)
+        if outlines and name == "axial":
+            axis.legend(loc="lower left", fontsize=7, framealpha=0.6)
         if name != "sagittal":
             axis.invert_xaxis()  # radiological convention: patient's right on the viewer's left
         axis.set_title(f"{name} ({where})")
@@ -66,6 +76,11 @@ def plot_orthogonal_slices(
     figure.colorbar(mappable, ax=axes, shrink=0.8, label="tumour cell density u")
     if title:
         figure.suptitle(title)
+    return _save(figure, path)
+
+
+def _save(figure: plt.Figure, path: str | os.PathLike[str]) -> Path:
+    """Write ``figure`` as a PNG atomically and close it."""
     path = Path(path)
     try:
         with atomic_output(path) as temporary:
@@ -73,3 +88,93 @@ def plot_orthogonal_slices(
     finally:
         plt.close(figure)
     return path
+
+
+def _span(values: np.ndarray) -> tuple[float, float]:
+    """The range of ``values``, widened around a single value so a histogram can bin it."""
+    low, high = float(np.min(values)), float(np.max(values))
+    if high - low <= 1e-9 * max(1.0, abs(low)):
+        pad = 1e-3 * max(1.0, abs(low))
+        return low - pad, high + pad
+    return low, high
+
+
+def plot_pairs(
+    samples: np.ndarray,
+    names: tuple[str, ...],
+    path: str | os.PathLike[str],
+    *,
+    units: dict[str, str] | None = None,
+    truth: dict[str, float] | None = None,
+    best: np.ndarray | None = None,
+) -> Path:
+    """Corner plot of equally weighted ``samples[n, P]``: histograms on the diagonal, 2-D densities below.
+
+    ``best`` (one row, e.g. the MAP sample) is marked in orange, ``truth`` (name → value, when known) in
+    red, so coverage and identifiability can be read off at a glance.
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    p = len(names)
+    figure, axes = plt.subplots(p, p, figsize=(1.55 * p + 1, 1.55 * p + 1), squeeze=False)
+    units = units or {}
+    for row in range(p):
+        for column in range(p):
+            axis = axes[row, column]
+            if column > row:
+                axis.set_visible(False)
+                continue
+            x = samples[:, column]
+            if row == column:
+                axis.hist(x, bins=30, range=_span(x), color="0.35", histtype="stepfilled", alpha=0.8)
+                axis.set_yticks([])
+            else:
+                axis.hist2d(x, samples[:, row], bins=30, range=(_span(x), _span(samples[:, row])), cmap="Greys")
+            for marks, colour in ((best, "tab:orange"), (None if truth is None else
+                                  np.array([truth.get(n, np.nan) for n in names]), "tab:red")):
+                if marks is None or not np.isfinite(marks[column]):
+                    continue
+                axis.axvline(marks[column], color=colour, linewidth=0.9)
+                if row != column and np.isfinite(marks[row]):
+                    axis.axhline(marks[row], color=colour, linewidth=0.9)
+            if row == p - 1:
+                unit = units.get(names[column], "")
+                axis.set_xlabel(names[column] + (f" [{unit}]" if unit not in ("", "1") else ""), fontsize=8)
+            else:
+                axis.set_xticklabels([])
+            if column == 0 and row > 0:
+                axis.set_ylabel(names[row], fontsize=8)
+            elif column > 0:
+                axis.set_yticklabels([])
+            axis.tick_params(labelsize=6)
+    legend = [("MAP sample", "tab:orange")] + ([("truth", "tab:red")] if truth else [])
+    figure.legend(handles=[plt.Line2D([], [], color=c, label=label) for label, c in legend],
+                  loc="upper right", fontsize=9)
+    figure.suptitle(f"posterior, {len(samples)} samples")
+    return _save(figure, path)
+
+
+def plot_tempering(stages: tuple[dict[str, float], ...], path: str | os.PathLike[str]) -> Path:
+    """TMCMC diagnostics per stage: tempering exponent p_j (log scale), acceptance rate of the moves
+    (with the 0.234 target), the running log-evidence, and the distinct samples left in the population."""
+    if not stages:
+        raise ValueError("no stages to plot")
+    stage = np.array([s["stage"] for s in stages])
+    figure, axes = plt.subplots(2, 2, figsize=(10, 6.5), constrained_layout=True)
+    exponent = np.array([s["exponent"] for s in stages])
+    axes[0, 0].semilogy(stage[1:], exponent[1:], "o-")
+    axes[0, 0].set_ylabel("tempering exponent p")
+    axes[0, 1].plot(stage[1:], [s["acceptance"] for s in stages[1:]], "o-")
+    axes[0, 1].axhline(0.234, color="0.5", linestyle="--", label="target 0.234")
+    axes[0, 1].set_ylabel("acceptance rate")
+    axes[0, 1].set_ylim(0, 1)
+    axes[0, 1].legend(fontsize=8)
+    axes[1, 0].plot(stage, [s["log_evidence"] for s in stages], "o-")
+    axes[1, 0].set_ylabel("log-evidence so far")
+    axes[1, 1].plot(stage, [s["unique"] for s in stages], "o-")
+    axes[1, 1].set_ylabel("distinct samples")
+    for axis in axes.flat:
+        axis.set_xlabel("stage")
+    last = stages[-1]
+    figure.suptitle(f"TMCMC: {len(stages) - 1} stages, {int(last['n_simulations'])} simulations, "
+                    f"{last['wall_s']:.0f} s")
+    return _save(figure, path)
