@@ -13,6 +13,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from personalize.fit import FitSettings
 from simulators.fisher_kolmogorov import FisherKolmogorov
 from simulators.nifti import NiftiError
 from simulators.seed import PRESETS
@@ -94,6 +95,33 @@ def _synth(args: argparse.Namespace) -> None:
           f"truth in {paths['truth']}")
 
 
+def _fit(args: argparse.Namespace) -> None:
+    from personalize.fit import FitSettings, fit, summary_table, truth_from_json
+    from personalize.io import load_observation
+    from personalize.priors import parse_bound_overrides
+    from simulators.anatomy import Anatomy
+
+    if bool(args.wm) != bool(args.gm):
+        raise ValueError("--wm and --gm go together (or give neither for the default atlas)")
+    settings = FitSettings(
+        method=args.method, convention=args.convention, spacing_mm=args.spacing, margin_mm=args.margin,
+        seed_margin_mm=args.seed_margin, n_samples=args.samples, chain_steps=args.chain_steps,
+        max_stages=args.max_stages, n_predictive=args.predictive, thresholds=tuple(args.threshold or
+        FitSettings.thresholds), seed=args.seed, workers=args.workers, chunk_size=args.chunk_size,
+        device=args.device)
+    bounds = parse_bound_overrides(args.bound)
+    truth = truth_from_json(args.truth) if args.truth else None
+    observation = load_observation(args.t1gd, args.flair, args.pet, labels=args.labels)
+    tissue = Anatomy.from_nifti(args.wm, args.gm, args.csf) if args.wm else None
+    result = fit(observation, args.out, tissue=tissue, settings=settings, bounds=bounds, bounds_toml=args.priors,
+                 resume=args.resume, progress=not args.quiet, truth=truth)
+    summary = result.summary
+    print(summary_table(summary))
+    quality = summary["map_fit"]
+    print(f"MAP Dice: T1Gd {quality['dice_t1gd']:.3f}, FLAIR {quality['dice_flair']:.3f}; "
+          f"{summary['n_simulations']} simulations in {summary['wall_s']:.0f} s; wrote {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``personalize`` command."""
     parser = argparse.ArgumentParser(prog="personalize", description=__doc__.splitlines()[0])
@@ -159,6 +187,51 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--no-pet", action="store_true", help="no PET scan")
     synth.add_argument("--out", required=True, help="output folder")
     synth.set_defaults(handler=_synth)
+
+    fit = commands.add_parser("fit", help="posterior over the growth model's parameters given a patient's scans")
+    scans = fit.add_argument_group("scans")
+    scans.add_argument("--t1gd", required=True, help="T1Gd segmentation (binary mask or label map)")
+    scans.add_argument("--flair", required=True, help="FLAIR segmentation (binary mask or label map)")
+    scans.add_argument("--pet", help="FET-PET map (optional)")
+    scans.add_argument("--labels", help="label convention: brats, gliodil, predictgbm or gliomasolver")
+    tissue = fit.add_argument_group("anatomy (the patient's tissue maps on the scans' grid, or the default "
+                                    "atlas for scans in MNI152 space)")
+    tissue.add_argument("--wm", help="white-matter map (NIfTI, probabilities or binary)")
+    tissue.add_argument("--gm", help="grey-matter map (NIfTI, probabilities or binary)")
+    tissue.add_argument("--csf", help="CSF map (NIfTI, optional)")
+    engine = fit.add_argument_group("inference")
+    engine.add_argument("--method", choices=("tmcmc",), default="tmcmc", help="inference engine (default tmcmc)")
+    engine.add_argument("--convention", choices=("thesis", "gliomasolver"), default="thesis",
+                        help="likelihood form (default thesis: Lipkova's Eq. 6 and PET ~ N(b u, sigma^2))")
+    engine.add_argument("--samples", type=int, default=FitSettings.n_samples, help="TMCMC population size")
+    engine.add_argument("--chain-steps", type=int, default=FitSettings.chain_steps,
+                        help="Metropolis steps per chain and stage")
+    engine.add_argument("--max-stages", type=int, default=FitSettings.max_stages, help="TMCMC stage limit")
+    engine.add_argument("--seed", type=int, default=0, help="random seed (the fit is reproducible)")
+    engine.add_argument("--bound", action="extend", nargs="+", default=[], metavar="NAME=LOW:HIGH",
+                        help="override a prior bound, e.g. D_w=0.05:1.0")
+    engine.add_argument("--priors", help="TOML file with a [bounds] table of prior bounds")
+    engine.add_argument("--seed-margin", type=float, default=FitSettings.seed_margin_mm,
+                        help="the seed lies in tissue within this many mm of the abnormality (default 5)")
+    engine.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    grid = fit.add_argument_group("working grid and compute")
+    grid.add_argument("--spacing", type=float, default=FitSettings.spacing_mm, help="working grid spacing, mm")
+    grid.add_argument("--margin", type=float, default=FitSettings.margin_mm,
+                      help="crop margin around the abnormality, mm (default 30)")
+    grid.add_argument("--workers", type=int, default=FitSettings.workers,
+                      help="local processes evaluating each population (default 1: threads in one process)")
+    grid.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
+    grid.add_argument("--chunk-size", type=int, default=FitSettings.chunk_size, help="simulations per batch")
+    grid.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    output = fit.add_argument_group("output")
+    output.add_argument("--predictive", type=int, default=FitSettings.n_predictive,
+                        help="posterior draws simulated for the mean and exceedance maps")
+    output.add_argument("--threshold", type=float, action="append",
+                        help="exceedance level c of a p_u_above_<c> map (repeatable; default 0.01, 0.25, 0.7)")
+    output.add_argument("--truth", help="truth.json of a synthetic case, marked in the pair plot")
+    output.add_argument("--quiet", action="store_true", help="no progress bars")
+    output.add_argument("--out", required=True, help="output folder")
+    fit.set_defaults(handler=_fit)
     return parser
 
 

@@ -1,0 +1,361 @@
+"""``personalize fit``: one entry that wires the scans to an inference engine and writes what every fit writes.
+
+    scans (NIfTI) ──► personalize.io ──► working grid (coarse, cropped) ──► Prior × image likelihood
+        ──► engine (TMCMC) ──► Posterior ──► MAP and posterior-predictive densities on the input grid
+
+The folder a fit writes (ARCHITECTURE.md § What every run writes):
+
+- ``summary.json``: method, simulator, number of simulations, wall time, log-evidence, and per parameter
+  (with the derived μ₁ = √(D_w·T) in mm and μ₂ = √(ρ·T)) its MAP, mean, 5 % and 95 % quantiles and unit;
+  the seed ``x, y, z`` in mm of the input images' world space; the Dice of the MAP density thresholded at
+  its own u_t1gd and u_flair against the observed masks; the grids and settings used.
+- ``posterior.nc``: arviz InferenceData of the samples (and μ₁, μ₂), TMCMC's stages in its attrs.
+- ``map_density.nii.gz``, ``mean_density.nii.gz``, ``p_u_above_<c>.nii.gz``: on the input grid, with the
+  input affine (written as the T1Gd file's own orientation).
+- ``figures/``: ``pair.png``, ``map_slices.png`` (observed masks over the MAP density),
+  ``predictive.png`` (P(u > lowest c)), ``tempering.png``.
+- ``checkpoint/``: one file per TMCMC stage and ``fit.json`` (the fingerprint of inputs and settings);
+  ``resume=True`` continues a killed fit from its last stage to the same result, and refuses a
+  checkpoint written for other inputs or settings.
+
+TMCMC samples (log D_w, log ρ, log T) instead of (D_w, ρ, T) (:mod:`personalize.reparameterize`): the
+growth depends on those three only through D_w·T and ρ·T, a ridge that is straight in logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from likelihoods.joint import JointLikelihood
+from personalize.executors import local_executor
+from personalize.io import Observation, write_output
+from personalize.posterior import Posterior
+from personalize.predictive import DEFAULT_THRESHOLDS, check_thresholds, posterior_predictive
+from personalize.priors import DEFAULT_SEED_MARGIN_MM, Prior
+from personalize.report import plot_orthogonal_slices, plot_pairs, plot_tempering
+from personalize.reparameterize import LikelihoodInCoordinates, LogCoordinates, PriorInCoordinates
+from personalize.tmcmc import tmcmc
+from personalize.working_grid import (
+    DEFAULT_MARGIN_MM,
+    DEFAULT_SPACING_MM,
+    ImageLogLikelihood,
+    WorkingProblem,
+    build_working_problem,
+)
+from simulators.anatomy import Anatomy
+from simulators.fisher_kolmogorov import FisherKolmogorov
+
+METHODS = ("tmcmc",)
+LOG_SCALED = ("D_w", "rho", "T")
+DERIVED_UNITS = {"mu_1": "mm", "mu_2": "1"}
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How a fit runs. Defaults are what ``benchmarks/fit_synthetic.py`` measured to cover the truth on
+    the built-in case within the time goal (see ``docs/fit.md``).
+
+    Attributes:
+        method: the inference engine (``"tmcmc"``).
+        convention: likelihood form, ``"thesis"`` or ``"gliomasolver"`` (see :mod:`likelihoods.joint`).
+        spacing_mm: working grid spacing (axes finer than this are coarsened).
+        margin_mm: crop margin around the abnormality.
+        seed_margin_mm: the seed's prior: tissue within this distance of the abnormality.
+        coarse_levels: cheaper levels of multilevel TMCMC below the working grid, each twice as coarse
+            (0: temper on the working grid alone).
+        n_samples: TMCMC population size.
+        chain_steps: Metropolis steps per chain and stage.
+        target_cov: TMCMC's coefficient of variation of the weights per stage.
+        max_stages: TMCMC gives up (resumably) after this many stages.
+        n_predictive: posterior draws simulated for the mean and exceedance maps.
+        thresholds: exceedance levels c of the ``p_u_above_<c>`` maps.
+        seed: seeds every random draw (TMCMC, predictive draws).
+        workers: local processes evaluating each population (1: in this process, threads in the kernel).
+        chunk_size: parameter sets simulated per batch.
+        device: torch device of the simulations.
+    """
+
+    method: str = "tmcmc"
+    convention: str = "thesis"
+    spacing_mm: float = DEFAULT_SPACING_MM
+    margin_mm: float = DEFAULT_MARGIN_MM
+    seed_margin_mm: float = DEFAULT_SEED_MARGIN_MM
+    coarse_levels: int = 1
+    n_samples: int = 512
+    chain_steps: int = 3
+    target_cov: float = 1.0
+    max_stages: int = 60
+    n_predictive: int = 128
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    seed: int = 0
+    workers: int = 1
+    chunk_size: int = 64
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; available: {', '.join(METHODS)}")
+        object.__setattr__(self, "thresholds", check_thresholds(self.thresholds))
+        for name in ("n_samples", "chain_steps", "max_stages", "n_predictive", "workers", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.coarse_levels < 0:
+            raise ValueError(f"coarse_levels must be >= 0, got {self.coarse_levels}")
+        if self.n_samples < 2:
+            raise ValueError("n_samples must be >= 2")
+        if not self.target_cov > 0:
+            raise ValueError(f"target_cov must be > 0, got {self.target_cov}")
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a fit returns: the posterior in physical units (with μ₁, μ₂), the summary written to
+    ``summary.json`` and the paths of every file written."""
+
+    posterior: Posterior
+    summary: dict[str, object]
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def with_growth_scales(posterior: Posterior) -> Posterior:
+    """The posterior with the derived columns μ₁ = √(D_w·T) (mm) and μ₂ = √(ρ·T) appended."""
+    index = {name: i for i, name in enumerate(posterior.parameter_names)}
+    s = posterior.samples
+    mu = np.stack([np.sqrt(s[:, index["D_w"]] * s[:, index["T"]]), np.sqrt(s[:, index["rho"]] * s[:, index["T"]])],
+                  axis=1)
+    return replace(posterior, parameter_names=(*posterior.parameter_names, "mu_1", "mu_2"),
+                   samples=np.concatenate([s, mu], axis=1), units={**posterior.units, **DERIVED_UNITS})
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Sørensen–Dice coefficient 2|A∩B| / (|A| + |B|) of two masks (1 when both are empty)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def fingerprint(problem: WorkingProblem, prior: Prior, settings: FitSettings) -> str:
+    """SHA-256 over the working scans and anatomy, the prior's bounds and seed set, and the settings that
+    change samples (not ``workers``, ``chunk_size``, ``device``, ``max_stages`` or the predictive ones)."""
+    digest = hashlib.sha256()
+    arrays = [problem.anatomy.wm, problem.anatomy.gm, problem.anatomy.affine, prior.candidates]
+    arrays += [t.cpu().numpy() for t in (problem.scans.t1gd, problem.scans.flair, problem.scans.pet) if t is not None]
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    sampling = {k: v for k, v in asdict(settings).items()
+                if k not in ("workers", "chunk_size", "device", "n_predictive", "thresholds", "max_stages")}
+    digest.update(json.dumps([sampling, prior.bounds], sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def prepare_checkpoint(directory: Path, print_: str, resume: bool) -> None:
+    """Make ``directory`` hold this fit's checkpoints: on resume, check ``fit.json`` names the same fit;
+    otherwise clear stages a previous fit left there."""
+    record = directory / "fit.json"
+    if resume and record.exists():
+        written = json.loads(record.read_text()).get("fingerprint")
+        if written != print_:
+            raise ValueError(f"{directory} holds a checkpoint of another fit (other scans, prior or settings); "
+                             "resume with the same inputs, or start anew without --resume")
+        return
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    record.write_text(json.dumps({"fingerprint": print_}) + "\n")
+
+
+def fit(
+    observation: Observation,
+    out: str | os.PathLike[str],
+    *,
+    tissue: Anatomy | None = None,
+    settings: FitSettings = FitSettings(),
+    simulator: FisherKolmogorov | None = None,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+    bounds_toml: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    truth: Mapping[str, float] | None = None,
+) -> FitResult:
+    """Personalize the growth model to ``observation`` and write the fit's folder ``out``.
+
+    Args:
+        observation: the scans (:func:`personalize.io.load_observation`).
+        out: output folder (created); ``out/checkpoint`` is written as the engine runs.
+        tissue: the patient's tissue maps on the scans' grid, or None for the default atlas (scans in
+            MNI152 space).
+        settings: engine, grid and output settings.
+        simulator: the growth model (default :class:`simulators.fisher_kolmogorov.FisherKolmogorov`).
+        bounds, bounds_toml: prior bound overrides (:meth:`personalize.priors.Prior.from_config`).
+        resume: continue from ``out/checkpoint``.
+        progress: progress bars.
+        truth: known parameter values (a synthetic case), marked in the pair plot.
+
+    Raises:
+        ValueError: bad settings or bounds, tissue on another grid, no candidate seed voxel, or a
+            checkpoint of another fit under ``resume``.
+    """
+    started = time.perf_counter()
+    out = Path(out)
+    simulator = simulator or FisherKolmogorov()
+    problem = build_working_problem(observation, tissue, spacing_mm=settings.spacing_mm,
+                                    margin_mm=settings.margin_mm)
+    prior = Prior.from_config(problem.anatomy, problem.scans, bounds, bounds_toml, settings.seed_margin_mm)
+    joint = JointLikelihood(convention=settings.convention)
+    likelihood = ImageLogLikelihood(simulator, problem.anatomy, problem.scans, joint, prior.names, settings.device)
+    coarse = []
+    for level in range(settings.coarse_levels, 0, -1):  # coarsest first
+        cheap = problem.coarsened(2**level)
+        coarse.append(ImageLogLikelihood(simulator, cheap.anatomy, cheap.scans, joint, prior.names, settings.device,
+                                         weight=cheap.voxel_volume_mm3 / problem.voxel_volume_mm3))
+    coordinates = LogCoordinates.of(prior.names, LOG_SCALED)
+    checkpoint = out / "checkpoint"
+    prepare_checkpoint(checkpoint, fingerprint(problem, prior, settings), resume)
+
+    executor = local_executor(settings.workers)
+    try:
+        sampled = tmcmc(
+            LikelihoodInCoordinates(likelihood, coordinates),
+            PriorInCoordinates(prior, coordinates),
+            n_samples=settings.n_samples,
+            seed=settings.seed,
+            parameter_names=prior.names,
+            target_cov=settings.target_cov,
+            chain_steps=settings.chain_steps,
+            executor=executor,
+            chunk_size=settings.chunk_size,
+            checkpoint_dir=checkpoint,
+            resume=resume,
+            progress=progress,
+            max_stages=settings.max_stages,
+            units=prior.units,
+            coarse_log_likelihoods=[LikelihoodInCoordinates(level, coordinates) for level in coarse],
+        )
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    z = torch.from_numpy(sampled.samples)
+    posterior = replace(  # back to physical units; the density of θ lacks z's Jacobian term
+        sampled,
+        samples=coordinates.to_physical(z).numpy(),
+        log_density=sampled.log_density - coordinates.log_abs_det_jacobian(z).numpy(),
+        wall_s=sampled.wall_s,
+    )
+    return write_fit(problem, prior, posterior, likelihood, settings, out, started=started, progress=progress,
+                     truth=truth)
+
+
+def write_fit(
+    problem: WorkingProblem,
+    prior: Prior,
+    posterior: Posterior,
+    likelihood: ImageLogLikelihood,
+    settings: FitSettings,
+    out: Path,
+    *,
+    started: float,
+    progress: bool,
+    truth: Mapping[str, float] | None,
+) -> FitResult:
+    """Simulate the MAP and the posterior predictive, and write every output of the fit into ``out``."""
+    best = posterior.samples[posterior.map_index()]
+    map_working = likelihood.density(torch.from_numpy(best[None]))[0].cpu().numpy()
+    draws = posterior.resample(settings.n_predictive, seed=settings.seed).samples
+    maps = posterior_predictive(likelihood.density, draws, thresholds=settings.thresholds,
+                                chunk_size=settings.chunk_size, progress=progress)
+    observation = problem.observation
+    map_density = problem.to_input_grid(map_working)
+    index = {name: i for i, name in enumerate(posterior.parameter_names)}
+
+    files: dict[str, Path] = {}
+    files["map_density"] = write_output(map_density, observation, out / "map_density.nii.gz")
+    files["mean_density"] = write_output(problem.to_input_grid(maps.mean), observation, out / "mean_density.nii.gz")
+    for level, probability in maps.exceedance.items():
+        name = f"p_u_above_{level:g}"
+        files[name] = write_output(problem.to_input_grid(probability), observation, out / f"{name}.nii.gz")
+
+    full = with_growth_scales(posterior)
+    wall_s = time.perf_counter() - started
+    full = replace(full, wall_s=wall_s)
+    files["posterior"] = out / "posterior.nc"
+    temporary = out / ".posterior.nc.tmp"
+    full.to_inference_data().to_netcdf(str(temporary))
+    os.replace(temporary, files["posterior"])
+
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    outlines = {"T1Gd": observation.t1gd > 0, "FLAIR": observation.flair > 0}
+    title = ", ".join(f"{n}={best[index[n]]:.3g}" for n in ("D_w", "rho", "T", "u_t1gd", "u_flair"))
+    files["map_slices"] = plot_orthogonal_slices(
+        map_density, problem.input_anatomy, figures / "map_slices.png", title=f"MAP: {title}", outlines=outlines,
+        thresholds=(float(best[index["u_flair"]]), float(best[index["u_t1gd"]])))
+    lowest = min(maps.exceedance)
+    files["predictive"] = plot_orthogonal_slices(
+        problem.to_input_grid(maps.exceedance[lowest]), problem.input_anatomy, figures / "predictive.png",
+        title=f"P(u > {lowest:g}) over {maps.n_draws} posterior draws", outlines=outlines, thresholds=(0.5, 0.9))
+    shown = ("mu_1", "mu_2", *(n for n in posterior.parameter_names if n not in LOG_SCALED))
+    columns = [full.parameter_names.index(n) for n in shown]
+    truth_shown = None
+    if truth:
+        truth_shown = dict(truth)
+        if {"D_w", "rho", "T"} <= set(truth):
+            truth_shown |= {"mu_1": math.sqrt(truth["D_w"] * truth["T"]), "mu_2": math.sqrt(truth["rho"] * truth["T"])}
+    files["pair"] = plot_pairs(full.samples[:, columns], shown, figures / "pair.png", units=full.units,
+                               truth=truth_shown, best=full.samples[full.map_index(), columns])
+    if posterior.stages:
+        files["tempering"] = plot_tempering(posterior.stages, figures / "tempering.png")
+
+    summary: dict[str, object] = {
+        "method": posterior.method,
+        "simulator": "fisher_kolmogorov",
+        "n_simulations": int(posterior.n_simulations + 1 + settings.n_predictive),
+        "n_simulations_inference": int(posterior.n_simulations),
+        "wall_s": wall_s,
+        "wall_s_inference": posterior.wall_s,
+        "log_evidence": posterior.log_evidence,
+        "parameters": full.summary(),
+        "map_fit": {
+            "dice_t1gd": dice(map_density > best[index["u_t1gd"]], observation.t1gd > 0),
+            "dice_flair": dice(map_density > best[index["u_flair"]], observation.flair > 0),
+        },
+        "stages": len(posterior.stages) - 1,
+        "grid": problem.describe(),
+        "prior": {"bounds": {n: list(b) for n, b in prior.bounds.items()},
+                  "seed_box_mm": {n: list(b) for n, b in prior.seed_box.items()},
+                  "seed_margin_mm": prior.seed_margin_mm},
+        "settings": {**asdict(settings), "thresholds": list(settings.thresholds)},
+        "world_space": "x, y, z are mm in the world (scanner) coordinates of the input images' affine",
+        "files": {name: str(path) for name, path in files.items()},
+    }
+    files["summary"] = out / "summary.json"
+    temporary = out / ".summary.json.tmp"
+    temporary.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(temporary, files["summary"])
+    return FitResult(posterior=full, summary=summary, files=files)
+
+
+def truth_from_json(path: str | os.PathLike[str]) -> dict[str, float]:
+    """``{name: value}`` from a ``truth.json`` written by ``personalize synth``."""
+    return {name: float(entry["value"]) for name, entry in json.loads(Path(path).read_text()).items()}
+
+
+def summary_table(summary: Mapping[str, object], names: Sequence[str] | None = None) -> str:
+    """The summary's parameters as a fixed-width text table (MAP, mean, 90 % interval, unit)."""
+    parameters = summary["parameters"]
+    assert isinstance(parameters, dict)
+    rows = [f"{'parameter':<12}{'MAP':>12}{'mean':>12}{'q05':>12}{'q95':>12}  unit"]
+    for name in names or parameters:
+        p = parameters[name]
+        rows.append(f"{name:<12}{p['map']:>12.4g}{p['mean']:>12.4g}{p['q05']:>12.4g}{p['q95']:>12.4g}  {p['unit']}")
+    return "\n".join(rows)
