@@ -16,10 +16,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job: the built-in synthetic patient on the default atlas, fitted with TMCMC (all 11 parameters).
 demo: $(STAMP)
-	$(BIN)/personalize simulate --atlas --spacing 2 --D_w 0.13 --rho 0.025 --T 300 \
-		--x 30 --y -10 --z 20 --out demo-out
-	@echo "demo written to demo-out/ (density.nii.gz, density.png)"
+	$(BIN)/personalize synth --out demo-out/patient
+	$(BIN)/personalize fit --t1gd demo-out/patient/t1gd.nii.gz --flair demo-out/patient/flair.nii.gz \
+		--pet demo-out/patient/pet.nii.gz --wm demo-out/patient/wm.nii.gz --gm demo-out/patient/gm.nii.gz \
+		--csf demo-out/patient/csf.nii.gz --truth demo-out/patient/truth.json --out demo-out/fit
+	@echo "demo written to demo-out/fit/ (summary.json, posterior.nc, *_density.nii.gz, figures/)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=FitSettings.n_samples)
     parser.add_argument("--chain-steps", type=int, default=FitSettings.chain_steps)
     parser.add_argument("--coarse-levels", type=int, default=FitSettings.coarse_levels)
+    parser.add_argument("--switch", type=float, default=FitSettings.switch_exponent)
     parser.add_argument("--workers", type=int, default=FitSettings.workers)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -56,7 +57,7 @@ def main() -> None:
     volumes = patient.visible_volumes_ml
     print(f"synthetic patient: T1Gd {volumes['t1gd']:.1f} mL, FLAIR {volumes['flair']:.1f} mL, in {paths['t1gd'].parent}")
 
-    settings = FitSettings(n_samples=args.samples, chain_steps=args.chain_steps, coarse_levels=args.coarse_levels,
+    settings = FitSettings(n_samples=args.samples, chain_steps=args.chain_steps, coarse_levels=args.coarse_levels, switch_exponent=args.switch,
                            workers=args.workers, seed=args.seed)
     started = time.perf_counter()
     observation = load_observation(paths["t1gd"], paths["flair"], paths["pet"])

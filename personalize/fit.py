@@ -74,6 +74,8 @@ class FitSettings:
         seed_margin_mm: the seed's prior: tissue within this distance of the abnormality.
         coarse_levels: cheaper levels of multilevel TMCMC below the working grid, each twice as coarse
             (0: temper on the working grid alone).
+        switch_exponent: the tempering exponent at which each coarse level is bridged to the next finer one
+            (:func:`personalize.tmcmc.tmcmc`'s ``switch_exponents``).
         n_samples: TMCMC population size.
         chain_steps: Metropolis steps per chain and stage.
         target_cov: TMCMC's coefficient of variation of the weights per stage.
@@ -92,10 +94,11 @@ class FitSettings:
     margin_mm: float = DEFAULT_MARGIN_MM
     seed_margin_mm: float = DEFAULT_SEED_MARGIN_MM
     coarse_levels: int = 1
-    n_samples: int = 512
-    chain_steps: int = 3
+    switch_exponent: float = 0.05
+    n_samples: int = 384
+    chain_steps: int = 2
     target_cov: float = 1.0
-    max_stages: int = 60
+    max_stages: int = 100
     n_predictive: int = 128
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     seed: int = 0
@@ -112,6 +115,8 @@ class FitSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.coarse_levels < 0:
             raise ValueError(f"coarse_levels must be >= 0, got {self.coarse_levels}")
+        if not 0 < self.switch_exponent <= 1:
+            raise ValueError(f"switch_exponent must lie in (0, 1], got {self.switch_exponent}")
         if self.n_samples < 2:
             raise ValueError("n_samples must be >= 2")
         if not self.target_cov > 0:
@@ -241,6 +246,7 @@ def fit(
             max_stages=settings.max_stages,
             units=prior.units,
             coarse_log_likelihoods=[LikelihoodInCoordinates(level, coordinates) for level in coarse],
+            switch_exponents=[settings.switch_exponent] * len(coarse),
         )
     finally:
         if executor is not None:

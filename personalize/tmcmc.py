@@ -65,9 +65,11 @@ class StageState:
     theta: torch.Tensor
     log_likelihood: torch.Tensor
     log_prior: torch.Tensor
-    base: torch.Tensor
-    """The untempered part of the target: f_j ∝ p(θ) exp(base + p_j · log_likelihood) (zeros on level 0)."""
+    lower: torch.Tensor
+    """ℓ of the level below while bridging to this one (zeros otherwise)."""
     level: int
+    bridge: float
+    """0 while tempering; the exponent p_s at which the population is being bridged to ``level`` otherwise."""
     log_evidence: float
     scale: float
     acceptance: float
@@ -84,6 +86,7 @@ def stage_record(state: StageState) -> dict[str, float]:
     return {
         "stage": float(state.stage),
         "level": float(state.level),
+        "bridge": state.bridge,
         "exponent": state.exponent,
         "log_evidence": state.log_evidence,
         "acceptance": state.acceptance,
@@ -144,9 +147,16 @@ def adapted_scale(scale: float, acceptance: float, target: float) -> float:
     return scale * min(max(factor, 0.25), 4.0) ** 2
 
 
-LevelLikelihood = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor, int]]
-"""``(level, theta) -> (base, log_likelihood, simulations)``: the two parts of level ``level``'s target at
-``theta`` (see :func:`tmcmc`) and how many likelihood evaluations they took."""
+LevelLikelihood = Callable[[int, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor, int]]
+"""``(level, theta, bridging) -> (ℓ_level, ℓ_{level−1} or zeros, simulations)`` at ``theta``."""
+
+
+def target_parts(state: StageState, ll: torch.Tensor, lower: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(base, direction)`` with log f = log p(θ) + base + exponent·direction for the state's phase:
+    tempering (0, ℓ); bridging at p_s (p_s·ℓ_lower, p_s·(ℓ − ℓ_lower)), the exponent then running 0 → 1."""
+    if state.bridge == 0.0:
+        return torch.zeros_like(ll), ll
+    return state.bridge * lower, state.bridge * (ll - lower)
 
 
 def metropolis_steps(
@@ -157,40 +167,50 @@ def metropolis_steps(
     steps: int,
     generator: torch.Generator,
 ) -> tuple[StageState, float]:
-    """``steps`` Metropolis moves of every sample on f ∝ p(θ) exp(base + p·ℓ), proposal θ + R z, z ~ N(0, I).
+    """``steps`` Metropolis moves of every sample on the state's target f (:func:`target_parts`), proposal
+    θ + R z, z ~ N(0, I).
 
     Returns the moved state and the fraction of accepted proposals. Each move evaluates the likelihood
     of all in-support proposals as one batch; out-of-support ones are rejected.
     """
-    theta, ll, lp, base = state.theta, state.log_likelihood, state.log_prior, state.base
+    theta, ll, lp, lower = state.theta, state.log_likelihood, state.log_prior, state.lower
     p, accepted, evaluated = state.exponent, 0, 0
+    bridging = state.bridge > 0.0
     for _ in range(steps):
         z = torch.randn(theta.shape, generator=generator, dtype=torch.float64)
         proposal = (theta.double() + z @ root.T).to(theta.dtype)
         proposal_lp = prior.log_prob(proposal).double()
         inside = torch.isfinite(proposal_lp)
         proposal_ll = torch.full_like(ll, -math.inf)
-        proposal_base = torch.zeros_like(base)
-        proposal_base[inside], proposal_ll[inside], count = level_likelihood(state.level, proposal[inside])
-        log_ratio = (proposal_lp + proposal_base + p * proposal_ll) - (lp + base + p * ll)
+        proposal_lower = torch.zeros_like(lower)
+        proposal_ll[inside], proposal_lower[inside], count = level_likelihood(state.level, proposal[inside], bridging)
+        base, direction = target_parts(state, ll, lower)
+        proposal_base, proposal_direction = target_parts(state, proposal_ll, proposal_lower)
+        log_ratio = (proposal_lp + proposal_base + p * proposal_direction) - (lp + base + p * direction)
         u = torch.rand(ll.shape, generator=generator, dtype=torch.float64)
         accept = inside & (torch.log(u) < log_ratio)
         theta = torch.where(accept[:, None], proposal, theta)
         ll, lp = torch.where(accept, proposal_ll, ll), torch.where(accept, proposal_lp, lp)
-        base = torch.where(accept, proposal_base, base)
+        lower = torch.where(accept, proposal_lower, lower)
         accepted += int(accept.sum())
         evaluated += count
-    moved = replace(state, theta=theta, log_likelihood=ll, log_prior=lp, base=base,
+    moved = replace(state, theta=theta, log_likelihood=ll, log_prior=lp, lower=lower,
                     n_simulations=state.n_simulations + evaluated)
     return moved, accepted / (steps * len(ll))
 
 
-def next_level(state: StageState, level_likelihood: LevelLikelihood) -> StageState:
-    """Level l at p = 1 becomes level l + 1 at p = 0, the same target p(θ) L_l(θ) written as
-    p(θ) exp(ℓ_l + 0·(ℓ_{l+1} − ℓ_l)): no resampling, one evaluation of level l + 1 per sample."""
-    base, ll, count = level_likelihood(state.level + 1, state.theta)
-    return replace(state, level=state.level + 1, exponent=0.0, base=base, log_likelihood=ll,
-                   n_simulations=state.n_simulations + count)
+def start_bridge(state: StageState, level_likelihood: LevelLikelihood) -> StageState:
+    """Level l tempered to p_s becomes the bridge to level l + 1 at q = 0: the same target
+    p(θ) L_l(θ)^{p_s} written as p(θ) exp(p_s·(ℓ_l + q·(ℓ_{l+1} − ℓ_l))); no resampling, one evaluation of
+    both levels per sample."""
+    ll, lower, count = level_likelihood(state.level + 1, state.theta, True)
+    return replace(state, level=state.level + 1, bridge=state.exponent, exponent=0.0, log_likelihood=ll,
+                   lower=lower, n_simulations=state.n_simulations + count)
+
+
+def end_bridge(state: StageState) -> StageState:
+    """A finished bridge (q = 1) is level l + 1 tempered to p_s: continue tempering from there."""
+    return replace(state, exponent=state.bridge, bridge=0.0, lower=torch.zeros_like(state.lower))
 
 
 def advance(
@@ -203,11 +223,14 @@ def advance(
     adapt_scale: bool,
     target_acceptance: float,
     generator: torch.Generator,
+    stop_at: float = 1.0,
 ) -> StageState:
-    """One TMCMC stage j → j+1: new exponent, evidence increment, resampling, Metropolis moves."""
+    """One TMCMC stage j → j+1: new exponent (at most ``stop_at``), evidence increment, resampling,
+    Metropolis moves."""
     n = len(state.log_likelihood)
-    exponent = next_exponent(state.log_likelihood, state.exponent, target_cov)
-    log_w = (exponent - state.exponent) * state.log_likelihood  # log plausibility weights
+    _, direction = target_parts(state, state.log_likelihood, state.lower)
+    exponent = min(next_exponent(direction, state.exponent, target_cov), stop_at)
+    log_w = (exponent - state.exponent) * direction  # log plausibility weights
     log_s = float(torch.logsumexp(log_w, 0)) - math.log(n)  # log S_j = log mean_k w_k
     weights = torch.softmax(log_w, 0)
     root = math.sqrt(state.scale) * weighted_covariance_root(state.theta, weights)
@@ -219,7 +242,7 @@ def advance(
         theta=state.theta[index],
         log_likelihood=state.log_likelihood[index],
         log_prior=state.log_prior[index],
-        base=state.base[index],
+        lower=state.lower[index],
         log_evidence=state.log_evidence + log_s,
     )
     moved, acceptance = metropolis_steps(resampled, level_likelihood, prior, root, chain_steps, generator)
@@ -270,6 +293,7 @@ def tmcmc(
     max_stages: int = 100,
     units: dict[str, str] | None = None,
     coarse_log_likelihoods: Sequence[LogLikelihood] = (),
+    switch_exponents: Sequence[float] | None = None,
 ) -> Posterior:
     """Posterior samples and log-evidence of ``prior`` × exp(``log_likelihood``) by TMCMC.
 
@@ -290,11 +314,14 @@ def tmcmc(
     coarse_log_likelihoods: cheaper approximations ℓ_0, …, ℓ_{L−1} of ``log_likelihood`` = ℓ_L (e.g. the
         same model on coarser grids), coarsest first. Multilevel sequential Monte Carlo (Latz, Papaioannou
         and Ullmann, "Multilevel Sequential² Monte Carlo for Bayesian inverse problems", J. Comput. Phys.
-        368, 2018): the population is tempered from the prior to p(θ) L_0(θ), then bridged level by level
-        through p(θ) exp(ℓ_{l−1} + q·(ℓ_l − ℓ_{l−1})), q from 0 to 1 with the same adaptive steps, so that
-        most simulations are the cheap ones and the result is still the posterior of ``log_likelihood``
-        (and the evidence the product of every stage's mean weight). Bridging stages evaluate two
-        levels per proposal.
+        368, 2018): level l is tempered up to the exponent p_s = ``switch_exponents[l]``, then the
+        population is bridged to the next level through p(θ) exp(p_s·(ℓ_l + q·(ℓ_{l+1} − ℓ_l))), q from 0
+        to 1 with the same adaptive steps, and tempering goes on from p_s on level l + 1. The result is the
+        posterior of ``log_likelihood`` (and the evidence the product of every stage's mean weight), while
+        the broad early stages, where most simulations are spent, run on the cheap levels. A small p_s
+        bridges while the tempered targets still overlap (a few stages); bridging at p_s = 1 must cross
+        from one sharp posterior to another. Bridging stages evaluate two levels per proposal.
+    switch_exponents: one p_s in (0, 1] per coarse level, non-decreasing (default all 1).
 
     Returns equally weighted samples of the posterior (``log_weights`` zeros) with ``log_density`` =
     log prior + log-likelihood, the log-evidence Σ_j log S_j, the number of likelihood evaluations (all
@@ -304,16 +331,23 @@ def tmcmc(
     generator = torch.Generator().manual_seed(seed)
     names = tuple(parameter_names)
     levels = (*coarse_log_likelihoods, log_likelihood)
-    config = {"seed": seed, "n_samples": n_samples, "parameter_names": list(names), "levels": len(levels)}
+    switches = tuple(float(p) for p in (switch_exponents or [1.0] * len(coarse_log_likelihoods)))
+    if len(switches) != len(coarse_log_likelihoods) or any(not 0 < p <= 1 for p in switches) \
+            or list(switches) != sorted(switches):
+        raise ValueError(f"switch_exponents must hold one non-decreasing value in (0, 1] per coarse level, "
+                         f"got {switches} for {len(coarse_log_likelihoods)} levels")
+    switches += (1.0,)
+    config = {"seed": seed, "n_samples": n_samples, "parameter_names": list(names), "switches": list(switches)}
 
-    def level_likelihood(level: int, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def level_likelihood(level: int, theta: torch.Tensor, bridging: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+        zeros = theta.new_zeros(len(theta), dtype=torch.float64)
         if len(theta) == 0:
-            return theta.new_zeros(0, dtype=torch.float64), theta.new_zeros(0, dtype=torch.float64), 0
+            return zeros, zeros, 0
         upper = evaluate(levels[level], theta, executor=executor, chunk_size=chunk_size).double()
-        if level == 0:
-            return torch.zeros_like(upper), upper, len(theta)
+        if not bridging:
+            return upper, zeros, len(theta)
         lower = evaluate(levels[level - 1], theta, executor=executor, chunk_size=chunk_size).double()
-        return lower, upper - lower, 2 * len(theta)
+        return upper, lower, 2 * len(theta)
 
     state = None
     if resume and checkpoint_dir is not None:
@@ -321,15 +355,16 @@ def tmcmc(
     wall_before = 0.0 if state is None else state.wall_s  # time spent by the run this one resumes
     if state is None:
         theta = prior.sample_with(n_samples, generator)
-        base, ll, count = level_likelihood(0, theta)
+        ll, lower, count = level_likelihood(0, theta, False)
         state = StageState(
             stage=0,
             exponent=0.0,
             theta=theta,
             log_likelihood=ll,
             log_prior=prior.log_prob(theta).double(),
-            base=base,
+            lower=lower,
             level=0,
+            bridge=0.0,
             log_evidence=0.0,
             scale=2.38**2 / len(names) if proposal_scale is None else proposal_scale,
             acceptance=math.nan,
@@ -341,29 +376,32 @@ def tmcmc(
             save_checkpoint(checkpoint_dir, state, generator, config)
 
     last = len(levels) - 1
-    bar = tqdm(total=float(len(levels)), initial=state.level + state.exponent, disable=not progress, desc="TMCMC",
-               bar_format="{desc}: {percentage:3.0f}%|{bar}{postfix}")
+    bar = tqdm(total=1.0, initial=state.exponent if state.bridge == 0 else state.bridge, disable=not progress,
+               desc="TMCMC", bar_format="{desc}: {percentage:3.0f}%|{bar}{postfix}")
     with bar:
-        while state.level < last or state.exponent < 1.0:
+        while state.level < last or state.bridge > 0 or state.exponent < 1.0:
             if state.stage >= max_stages:
                 raise RuntimeError(
                     f"TMCMC reached {max_stages} stages at level {state.level} of {last}, exponent "
                     f"{state.exponent:.3g}; resume with a larger max_stages or a larger target_cov"
                 )
-            previous = state.level + state.exponent
-            if state.exponent >= 1.0:
-                state = next_level(state, level_likelihood)
+            previous = state.exponent if state.bridge == 0 else state.bridge
+            if state.bridge > 0 and state.exponent >= 1.0:
+                state = end_bridge(state)
+            elif state.bridge == 0 and state.level < last and state.exponent >= switches[state.level]:
+                state = start_bridge(state, level_likelihood)
+            stop_at = 1.0 if state.bridge > 0 else switches[state.level]
             state = advance(
                 state, level_likelihood, prior, target_cov=target_cov, chain_steps=chain_steps,
-                adapt_scale=adapt_scale, target_acceptance=target_acceptance, generator=generator,
+                adapt_scale=adapt_scale, target_acceptance=target_acceptance, generator=generator, stop_at=stop_at,
             )
             state = replace(state, wall_s=wall_before + time.perf_counter() - started)
             state = replace(state, history=(*state.history, stage_record(state)))
             if checkpoint_dir is not None:
                 save_checkpoint(checkpoint_dir, state, generator, config)
-            bar.update(state.level + state.exponent - previous)
-            bar.set_postfix({"stage": state.stage, "level": state.level, "p": f"{state.exponent:.3g}",
-                             "acceptance": f"{state.acceptance:.2f}"})
+            bar.update((state.exponent if state.bridge == 0 else state.bridge) - previous)
+            phase = f"bridge to {state.level}, q" if state.bridge > 0 else f"level {state.level}, p"
+            bar.set_postfix_str(f"stage {state.stage}, {phase}={state.exponent:.3g}, acceptance {state.acceptance:.2f}")
 
     return Posterior(
         parameter_names=names,
@@ -374,6 +412,6 @@ def tmcmc(
         wall_s=wall_before + time.perf_counter() - started,
         method="tmcmc",
         units=dict(units or {}),
-        log_density=(state.log_prior + state.base + state.log_likelihood).numpy(),
+        log_density=(state.log_prior + state.log_likelihood).numpy(),
         stages=state.history,
     )

@@ -17,7 +17,7 @@ from personalize.synth import BUILT_IN_CASE, synthesize, write_synthetic
 from simulators.anatomy import Anatomy
 
 TRUTH = BUILT_IN_CASE | {"x": -20.0, "y": 0.0, "z": 4.0, "D_w": 0.3, "rho": 0.05, "T": 200.0}
-SMALL = FitSettings(spacing_mm=4.0, margin_mm=12.0, n_samples=48, chain_steps=1, n_predictive=6, max_stages=60,
+SMALL = FitSettings(spacing_mm=4.0, margin_mm=12.0, n_samples=48, chain_steps=1, n_predictive=6,
                     chunk_size=16, thresholds=(0.05, 0.5))
 
 

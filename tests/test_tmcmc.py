@@ -185,23 +185,26 @@ class ShiftedLikelihood:
         return self.power * self.likelihood(theta + self.shift)
 
 
-def test_multilevel_tempering_corrects_a_biased_coarse_level_to_the_exact_posterior_and_evidence(measured):
+@pytest.mark.parametrize("switch", [0.05, 1.0])
+def test_multilevel_tempering_corrects_a_biased_coarse_level_to_the_exact_posterior_and_evidence(switch, measured):
     """A coarse level off by 0.3 prior-free standard deviations and too flat (power 0.7), as a coarser grid
-    would be: the bridged result still passes C2ST against exact samples and holds the evidence, and spends
-    most stages on the coarse level."""
+    would be, bridged early (p_s = 0.05) or at its posterior (p_s = 1): the result still passes C2ST against
+    exact samples and holds the evidence."""
     prior, likelihood, mean, covariance, exact_log_z = correlated_gaussian(5)
     coarse = ShiftedLikelihood(likelihood, 0.3 * np.linspace(0.5, 2.0, 5), power=0.7)
     posterior = tmcmc(likelihood, prior, n_samples=3000, seed=0, parameter_names=names(5), progress=False,
-                      coarse_log_likelihoods=[coarse])
+                      coarse_log_likelihoods=[coarse], switch_exponents=[switch])
     exact = np.random.default_rng(12).multivariate_normal(mean, covariance, size=3000)
     accuracy = c2st_mlp(posterior.samples, exact)
     levels = [int(stage["level"]) for stage in posterior.stages]
-    measured("multilevel: C2ST (MLP) against exact samples", round(accuracy, 3))
-    measured("multilevel: log Z error (nats)", round(posterior.log_evidence - exact_log_z, 3))
-    measured("multilevel: stages on the coarse / exact level", (levels.count(0) - 1, levels.count(1)))
+    bridging = sum(stage["bridge"] > 0 for stage in posterior.stages)
+    measured(f"p_s={switch}: C2ST (MLP) against exact samples", round(accuracy, 3))
+    measured(f"p_s={switch}: log Z error (nats)", round(posterior.log_evidence - exact_log_z, 3))
+    measured(f"p_s={switch}: stages coarse / bridging / exact", (levels.count(0) - 1, bridging,
+                                                               levels.count(1) - bridging))
     assert accuracy <= 0.55
     assert posterior.log_evidence == pytest.approx(exact_log_z, abs=0.2)
-    assert levels[-1] == 1 and levels.count(0) > levels.count(1)
+    assert levels[-1] == 1 and bridging >= 1
     np.testing.assert_allclose(posterior.log_density,
                                prior.log_prob(torch.tensor(posterior.samples)) + likelihood(torch.tensor(posterior.samples)))
 
