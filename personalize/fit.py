@@ -94,7 +94,7 @@ class FitSettings:
     margin_mm: float = DEFAULT_MARGIN_MM
     seed_margin_mm: float = DEFAULT_SEED_MARGIN_MM
     coarse_levels: int = 1
-    switch_exponent: float = 0.05
+    switch_exponent: float = 0.002
     n_samples: int = 384
     chain_steps: int = 2
     target_cov: float = 1.0
