@@ -17,11 +17,14 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The main job: the built-in synthetic patient on the default atlas, fitted with TMCMC (all 11 parameters).
+# On a 4 mm working grid with a small population, so the demo takes minutes; drop --spacing, --samples and
+# --chain-steps for the full settings (docs/fit.md).
 demo: $(STAMP)
 	$(BIN)/personalize synth --out demo-out/patient
 	$(BIN)/personalize fit --t1gd demo-out/patient/t1gd.nii.gz --flair demo-out/patient/flair.nii.gz \
 		--pet demo-out/patient/pet.nii.gz --wm demo-out/patient/wm.nii.gz --gm demo-out/patient/gm.nii.gz \
-		--csf demo-out/patient/csf.nii.gz --truth demo-out/patient/truth.json --out demo-out/fit
+		--csf demo-out/patient/csf.nii.gz --truth demo-out/patient/truth.json \
+		--spacing 4 --samples 128 --chain-steps 1 --out demo-out/fit
 	@echo "demo written to demo-out/fit/ (summary.json, posterior.nc, *_density.nii.gz, figures/)"
 
 test: $(STAMP)
