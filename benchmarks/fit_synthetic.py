@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from personalize.cli import _parameter_values
@@ -75,7 +76,7 @@ def main() -> None:
         covered[f"covered_{key}"] = bool(entry["q05"] <= true_values[name] <= entry["q95"])
         print(f"{name:<12}{true_values[name]:>10.4g}{entry['q05']:>10.4g}{entry['map']:>10.4g}{entry['q95']:>10.4g}"
               f"  {covered[f'covered_{key}']}")
-    map_density = np.asarray(__import__("nibabel").load(result.files["map_density"]).dataobj)
+    map_density = np.asarray(nib.load(result.files["map_density"]).dataobj)
     truth_masks = load_observation(paths["t1gd"], paths["flair"])
     scores = {
         "dice_flair": dice(map_density > truth["u_flair"], truth_masks.flair > 0),

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from personalize.fit import dice
 from simulators.anatomy import Anatomy
 from simulators.atlas import default_atlas
 from simulators.fisher_kolmogorov import FisherKolmogorov
@@ -38,12 +39,6 @@ PRIOR_LOW = np.array([0.02, 0.002, 50.0])
 PRIOR_HIGH = np.array([1.5, 0.2, 1500.0])
 TGT_SEED = PRESETS["tumorgrowthtoolkit"]
 GLIOMASOLVER_SEED = PRESETS["gliomasolver"]
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Sørensen–Dice coefficient of two boolean masks (1 when both are empty)."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def dice_pair(u: np.ndarray, reference: np.ndarray) -> tuple[float, float]:

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from personalize.fit import FitSettings
+from personalize.tmcmc import StageLimitReached
 from simulators.fisher_kolmogorov import FisherKolmogorov
 from simulators.nifti import NiftiError
 from simulators.seed import PRESETS
@@ -245,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(error).split())
         print(f"personalize {args.command}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except StageLimitReached as error:
+        print(f"personalize {args.command}: stopped: {error}; continue with --resume and a larger --max-stages",
+              file=sys.stderr)
+        return 1
     return 0
 
 

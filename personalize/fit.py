@@ -164,20 +164,20 @@ def fingerprint(problem: WorkingProblem, prior: Prior, settings: FitSettings) ->
     return digest.hexdigest()
 
 
-def prepare_checkpoint(directory: Path, print_: str, resume: bool) -> None:
+def prepare_checkpoint(directory: Path, digest: str, resume: bool) -> None:
     """Make ``directory`` hold this fit's checkpoints: on resume, check ``fit.json`` names the same fit;
     otherwise clear stages a previous fit left there."""
     record = directory / "fit.json"
     if resume and record.exists():
         written = json.loads(record.read_text()).get("fingerprint")
-        if written != print_:
+        if written != digest:
             raise ValueError(f"{directory} holds a checkpoint of another fit (other scans, prior or settings); "
                              "resume with the same inputs, or start anew without --resume")
         return
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
-    record.write_text(json.dumps({"fingerprint": print_}) + "\n")
+    record.write_text(json.dumps({"fingerprint": digest}) + "\n")
 
 
 def fit(
@@ -256,7 +256,6 @@ def fit(
         sampled,
         samples=coordinates.to_physical(z).numpy(),
         log_density=sampled.log_density - coordinates.log_abs_det_jacobian(z).numpy(),
-        wall_s=sampled.wall_s,
     )
     return write_fit(problem, prior, posterior, likelihood, settings, out, started=started, progress=progress,
                      truth=truth)

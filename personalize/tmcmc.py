@@ -56,6 +56,10 @@ class SamplingPrior(Protocol):
     def log_prob(self, theta: torch.Tensor) -> torch.Tensor: ...
 
 
+class StageLimitReached(RuntimeError):
+    """TMCMC stopped at its ``max_stages`` before the exponent reached 1; its last checkpoint resumes it."""
+
+
 @dataclass(frozen=True)
 class StageState:
     """The population after a stage: samples of f_j ∝ p(θ) L(θ)^{p_j}, equally weighted."""
@@ -381,7 +385,7 @@ def tmcmc(
     with bar:
         while state.level < last or state.bridge > 0 or state.exponent < 1.0:
             if state.stage >= max_stages:
-                raise RuntimeError(
+                raise StageLimitReached(
                     f"TMCMC reached {max_stages} stages at level {state.level} of {last}, exponent "
                     f"{state.exponent:.3g}; resume with a larger max_stages or a larger target_cov"
                 )

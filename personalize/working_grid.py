@@ -159,8 +159,8 @@ def build_working_problem(
     if not (t1gd | flair).any():
         t1gd, flair = carry(observation.t1gd) > 0, carry(observation.flair) > 0  # a tumour smaller than a voxel
 
-    lo = np.argwhere(t1gd | flair).min(axis=0)
-    hi = np.argwhere(t1gd | flair).max(axis=0) + 1
+    abnormal_voxels = np.argwhere(t1gd | flair)
+    lo, hi = abnormal_voxels.min(axis=0), abnormal_voxels.max(axis=0) + 1
     pad = np.ceil(margin_mm / np.asarray(coarse.spacing_mm) - 1e-9).astype(int)
     box = tuple(slice(int(max(0, a - p)), int(min(n, b + p))) for a, b, p, n in zip(lo, hi, pad, coarse.shape))
     anatomy = coarse.crop(box)  # type: ignore[arg-type]

@@ -141,6 +141,15 @@ def test_the_command_refuses_bad_input_in_one_line_and_writes_nothing(case, tmp_
     assert not out.exists()
 
 
+def test_the_command_stopped_at_its_stage_limit_says_how_to_continue_in_one_line(case, tmp_path, capsys):
+    code = main(["fit", "--t1gd", str(case["t1gd"]), "--flair", str(case["flair"]), "--wm", str(case["wm"]),
+                 "--gm", str(case["gm"]), "--spacing", "4", "--samples", "16", "--max-stages", "1",
+                 "--out", str(tmp_path / "out"), "--quiet"])
+    error = capsys.readouterr().err
+    assert code == 1 and len(error.strip().splitlines()) == 1 and "--resume" in error
+    assert any((tmp_path / "out" / "checkpoint").glob("stage_001.pt"))
+
+
 def test_the_command_fits_and_prints_the_table(case, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["fit", "--t1gd", str(case["t1gd"]), "--flair", str(case["flair"]), "--wm", str(case["wm"]),

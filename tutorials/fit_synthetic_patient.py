@@ -21,6 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from personalize.fit import FitSettings, dice, fit, summary_table
@@ -98,8 +99,6 @@ print("MAP Dice against the observed masks:", {k: round(v, 3) for k, v in result
 # is the probability that the cell density exceeds 1 %, the basis of a probabilistic radiotherapy margin.
 
 # %%
-import nibabel as nib  # noqa: E402
-
 beyond = np.asarray(nib.load(result.files["p_u_above_0.01"]).dataobj) > 0.5
 flair = observation.flair > 0
 voxel_ml = float(np.prod(observation.spacing_mm)) / 1000
