@@ -1,12 +1,19 @@
 """Gaussian likelihood of a PET map given a simulated density.
 
 Two forms, selected by ``convention``; both are a Gaussian with variance σ² over N voxels and include
-the normalising constant, log p = −N/2·log(2πσ²) − Σ_i r_i² / (2σ²):
+the normalising constant, log p = −N/2·log(2πσ²) − Σ_i r_i² / (2σ²) (plus the censored voxels' terms in
+the thesis form):
 
 - ``"thesis"`` (Lipkova et al., IEEE TMI 2019; Lipkova, PhD thesis): the PET signal is proportional to
   the cell density, y_i ~ N(b·u_i, σ²), so r_i = y_i − b·u_i with b = ``scale``. The sum runs over the
   PET-valid voxels: the bool mask ``valid`` chosen by the caller (typically the brain, or the region
   where the PET map was measured and is trusted); ``valid=None`` means every voxel of the grid.
+  A PET map holds no negative uptake: a reading of 0 (or below) is the Gaussian measurement censored at
+  0 (a Tobit model), so such a voxel contributes P(y_i ≤ 0) = Φ(−b·u_i/σ) instead of a density, and the
+  Gaussian's normalising constant counts only the voxels read above 0. Without the censoring, the
+  clipped noise of the many tumour-free voxels is a positive bias that the Gaussian reads as tumour: on a
+  synthetic patient with σ = 0.05 the fitted μ1 came out 4 % too large, outside its 90 % interval. When no
+  voxel reads 0 the two forms agree.
 - ``"gliomasolver"``: GliomaSolver's published code (``slitvinov/GliomaSolver``, ``lib_c.c``, function
   ``brain_likelihood``) treats the density as the noisy quantity, r_i = u_i − scale·PET_i, over the N
   voxels where PET_i > 0 (intersected with ``valid`` when one is given). Its defaults: σ² = 0.000361
@@ -77,10 +84,17 @@ def pet_log_likelihood(
     if valid is not None:
         index = valid.reshape(-1).nonzero().squeeze(1)
         u, y = u.index_select(1, index), y.index_select(0, index)
+    censored = torch.zeros_like(sigma)
     if convention == "thesis":
+        floor = y <= 0
+        if bool(floor.any()):
+            below = floor.nonzero().squeeze(1)
+            censored = torch.special.log_ndtr(-(u.index_select(1, below) * scale) / sigma.view(batch, 1)).sum(dim=1)
+            above = (~floor).nonzero().squeeze(1)
+            u, y = u.index_select(1, above), y.index_select(0, above)
         residual = torch.addcmul(y, u, scale, value=-1.0)  # y − b·u
     else:
         residual = torch.addcmul(u, y, scale, value=-1.0)  # u − scale·PET
     n = y.numel()
     squares = residual.square_().sum(dim=1)
-    return -0.5 * n * (_LOG_2PI + 2.0 * torch.log(sigma)) - 0.5 * squares / sigma.square()
+    return -0.5 * n * (_LOG_2PI + 2.0 * torch.log(sigma)) - 0.5 * squares / sigma.square() + censored

@@ -101,6 +101,21 @@ def stage_record(state: StageState) -> dict[str, float]:
     }
 
 
+PROGRESS_DECADES = 6.0
+"""The progress bar spans the tempering exponent's last ``PROGRESS_DECADES`` decades, 10⁻⁶ to 1."""
+
+
+def progress_fraction(exponent: float, bridge: float) -> float:
+    """How far the run is, in [0, 1]: log10 of the exponent reached (p_j while tempering, p_s while
+    bridging) over the last ``PROGRESS_DECADES`` decades. Tempering steps are roughly even in log p (each
+    multiplies p by a similar factor), so the fraction grows about evenly per stage, unlike p itself,
+    which stays near 0 for most of a run."""
+    exponent = exponent if bridge == 0 else bridge
+    if exponent <= 0:
+        return 0.0
+    return min(max(1.0 + math.log10(exponent) / PROGRESS_DECADES, 0.0), 1.0)
+
+
 def coefficient_of_variation(log_weights: torch.Tensor) -> float:
     """std(w) / mean(w) of weights given by their logs, computed without overflow."""
     w = torch.exp(log_weights - log_weights.max())
@@ -380,7 +395,7 @@ def tmcmc(
             save_checkpoint(checkpoint_dir, state, generator, config)
 
     last = len(levels) - 1
-    bar = tqdm(total=1.0, initial=state.exponent if state.bridge == 0 else state.bridge, disable=not progress,
+    bar = tqdm(total=1.0, initial=progress_fraction(state.exponent, state.bridge), disable=not progress,
                desc="TMCMC", bar_format="{desc}: {percentage:3.0f}%|{bar}{postfix}")
     with bar:
         while state.level < last or state.bridge > 0 or state.exponent < 1.0:
@@ -389,7 +404,7 @@ def tmcmc(
                     f"TMCMC reached {max_stages} stages at level {state.level} of {last}, exponent "
                     f"{state.exponent:.3g}; resume with a larger max_stages or a larger target_cov"
                 )
-            previous = state.exponent if state.bridge == 0 else state.bridge
+            previous = progress_fraction(state.exponent, state.bridge)
             if state.bridge > 0 and state.exponent >= 1.0:
                 state = end_bridge(state)
             elif state.bridge == 0 and state.level < last and state.exponent >= switches[state.level]:
@@ -403,7 +418,7 @@ def tmcmc(
             state = replace(state, history=(*state.history, stage_record(state)))
             if checkpoint_dir is not None:
                 save_checkpoint(checkpoint_dir, state, generator, config)
-            bar.update((state.exponent if state.bridge == 0 else state.bridge) - previous)
+            bar.update(progress_fraction(state.exponent, state.bridge) - previous)
             phase = f"bridge to {state.level}, q" if state.bridge > 0 else f"level {state.level}, p"
             bar.set_postfix_str(f"stage {state.stage}, {phase}={state.exponent:.3g}, acceptance {state.acceptance:.2f}")
 

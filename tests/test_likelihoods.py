@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.stats
 import pytest
 import torch
 
@@ -136,14 +137,19 @@ def test_thesis_mask_term_equals_clamped_formula():
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
 
 
-def test_thesis_pet_term_is_a_gaussian_over_valid_voxels():
+def test_thesis_pet_term_is_a_gaussian_over_valid_voxels_censored_at_zero():
+    """Voxels read above 0 contribute the Gaussian density; voxels read 0 (40 % of this map) contribute
+    the probability P(y ≤ 0) = Φ(−b·u/σ) of a measurement clipped at 0."""
     density, _, _, pet, valid = random_case()
     scale = torch.tensor([0.8, 1.0, 1.3], dtype=torch.float64)
     sigma = torch.tensor([0.1, 0.2, 0.05], dtype=torch.float64)
     got = pet_log_likelihood(density, pet, scale, sigma, valid=valid)
+    read, floor = valid & (pet > 0), valid & (pet == 0)
+    assert floor.sum() > 100
     want = torch.stack(
         [
-            torch.distributions.Normal(scale[b] * density[b][valid], sigma[b]).log_prob(pet[valid]).sum()
+            torch.distributions.Normal(scale[b] * density[b][read], sigma[b]).log_prob(pet[read]).sum()
+            + float(scipy.stats.norm.logcdf(0.0, (scale[b] * density[b][floor]).numpy(), float(sigma[b])).sum())
             for b in range(3)
         ]
     )
@@ -184,11 +190,11 @@ def test_pet_likelihood_over_scale_and_sigma_peaks_near_the_truth(convention, me
     rng = np.random.default_rng(3)
     scale_true, sigma_true = 0.85, 0.05
     noise = torch.from_numpy(rng.normal(0, sigma_true, u.shape)).float()
-    if convention == "thesis":  # PET = b·u + noise
-        pet = scale_true * u + noise
+    if convention == "thesis":  # PET = b·u + noise, read as 0 where that is negative
+        pet = torch.clamp(scale_true * u + noise, min=0)
     else:  # u = scale·PET + noise, on voxels with PET > 0
         pet = torch.clamp((u - noise) / scale_true, min=0)
-    valid = u > 0.05
+    valid = u > 0.05 if convention == "gliomasolver" else torch.ones_like(u, dtype=torch.bool)
     scales, sigmas = torch.linspace(0.6, 1.1, 51), torch.linspace(0.02, 0.1, 41)
     b, s = torch.meshgrid(scales, sigmas, indexing="ij")
     values = pet_log_likelihood(

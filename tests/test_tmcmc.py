@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from personalize.executors import evaluate, local_executor
-from personalize.tmcmc import coefficient_of_variation, next_exponent, tmcmc
+from personalize.tmcmc import coefficient_of_variation, next_exponent, progress_fraction, tmcmc
 from sbi.utils.metrics import c2st
 
 TEXTBOOK = dict(proposal_scale=0.04, adapt_scale=False, chain_steps=1)
@@ -207,6 +207,20 @@ def test_multilevel_tempering_corrects_a_biased_coarse_level_to_the_exact_poster
     assert levels[-1] == 1 and bridging >= 1
     np.testing.assert_allclose(posterior.log_density,
                                prior.log_prob(torch.tensor(posterior.samples)) + likelihood(torch.tensor(posterior.samples)))
+
+
+def test_progress_grows_every_stage_through_the_bridge_and_ends_full():
+    """The progress bar never runs backwards, holds still while a bridge runs at p_s, and ends at 100 %."""
+    prior, likelihood, *_ = correlated_gaussian(5)
+    coarse = ShiftedLikelihood(likelihood, np.full(5, 0.3), power=0.7)
+    posterior = tmcmc(likelihood, prior, n_samples=300, seed=0, parameter_names=names(5), progress=False,
+                      coarse_log_likelihoods=[coarse], switch_exponents=[0.01])
+    fractions = [progress_fraction(stage["exponent"], stage["bridge"]) for stage in posterior.stages]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert all(later >= earlier for earlier, later in zip(fractions, fractions[1:]))
+    bridging = [f for f, stage in zip(fractions, posterior.stages) if stage["bridge"] > 0]
+    assert bridging and bridging == pytest.approx([progress_fraction(0.01, 0.0)] * len(bridging))
+    assert progress_fraction(1e-3, 0.0) == pytest.approx(0.5)
 
 
 def gaussian_fit_kl(samples: np.ndarray, mean: np.ndarray, covariance: np.ndarray) -> float:
