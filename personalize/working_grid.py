@@ -4,7 +4,8 @@ A fit simulates thousands of tumours, so it works on a coarser grid than the sca
 on the box around the abnormality (FLAIR ∪ T1Gd) plus ``margin_mm``, beyond which no plausible tumour
 reaches (the box has no-flux walls). Scans follow the tissue onto that grid by overlap-weighted averaging
 (:meth:`simulators.anatomy.Anatomy.resample_array`): a mask voxel is positive where the fine mask covers at
-least half of it, a PET voxel holds the mean uptake. Results computed there go back to the input grid by
+least half of it, a PET voxel holds the mean uptake over where the map was measured
+(:func:`measured_pet_region`). Results computed there go back to the input grid by
 trilinear interpolation through world coordinates (:meth:`WorkingProblem.to_input_grid`).
 
 :class:`ImageLogLikelihood` is the batched log-likelihood an engine calls: simulate the growth parameters
@@ -14,6 +15,7 @@ on the working anatomy, score the densities against the working scans with the i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +35,34 @@ DEFAULT_MARGIN_MM = 30.0
 
 MASK_COVERAGE = 0.5
 """A coarse voxel is mask-positive where the fine mask covers at least this fraction of it."""
+
+PET_CUT_FRACTION = 0.1
+"""A PET map that reads exactly 0 on more than this fraction of the abnormality is cut to its uptake region."""
+
+
+def measured_pet_region(pet: np.ndarray, abnormal: np.ndarray) -> np.ndarray:
+    """Where a PET map was measured: everywhere for a full map, where it is > 0 for a map cut to its uptake.
+
+    A full FET-PET map (uptake over the brain, raw or background-subtracted) reads exactly 0 only where
+    noise is clipped, which inside a visible tumour is rare; those zeros are censored readings
+    (:mod:`likelihoods.pet`). A map that reads 0 on more than ``PET_CUT_FRACTION`` of the abnormality
+    (T1Gd ∪ FLAIR) has been cut to a region, as GliomaSolver's preprocessing writes it (PET kept only where
+    T1Gd enhances): its zeros are unmeasured voxels, not uptake 0, and the likelihood must skip them.
+    """
+    zero_fraction = float(np.mean(pet[abnormal] == 0))
+    return pet > 0 if zero_fraction > PET_CUT_FRACTION else np.ones(pet.shape, dtype=bool)
+
+
+def carry_pet(
+    pet: np.ndarray, measured: np.ndarray, carry: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """PET and its measured region carried onto a coarser grid by ``carry`` (an overlap-weighted average):
+    a coarse voxel is measured where the fine region covers at least ``MASK_COVERAGE`` of it, and holds the
+    mean uptake over its measured part (unmeasured zeros would dilute the region's edge)."""
+    coverage = carry(measured.astype(np.float32))
+    total = carry(np.where(measured, pet, 0.0).astype(np.float32))
+    mean = np.where(coverage > 0, total / np.maximum(coverage, 1e-12), 0.0).astype(np.float32)
+    return mean, coverage >= MASK_COVERAGE
 
 
 def anatomy_on_grid(source: Anatomy, shape: tuple[int, int, int], affine: np.ndarray) -> Anatomy:
@@ -89,12 +119,16 @@ class WorkingProblem:
         def carry(scan: torch.Tensor | None) -> np.ndarray | None:
             return None if scan is None else self.anatomy.resample_array(scan.cpu().numpy(), spacing)
 
-        t1gd, flair, pet = carry(self.scans.t1gd), carry(self.scans.flair), carry(self.scans.pet)
+        t1gd, flair = carry(self.scans.t1gd), carry(self.scans.flair)
+        pet = region = None
+        if self.scans.pet is not None:
+            pet, region = carry_pet(self.scans.pet.cpu().numpy(), self.scans.pet_valid.cpu().numpy(),
+                                    lambda array: self.anatomy.resample_array(array, spacing))
         scans = ImageObservation(
             t1gd=None if t1gd is None else t1gd >= MASK_COVERAGE,
             flair=None if flair is None else flair >= MASK_COVERAGE,
-            pet=pet,
-            pet_valid=None if pet is None else (coarse.wm + coarse.gm) > 0,
+            pet=None if pet is None else torch.from_numpy(pet),
+            pet_valid=None if pet is None else torch.from_numpy(region & ((coarse.wm + coarse.gm) > 0)),
         )
         return WorkingProblem(anatomy=coarse, scans=scans, input_anatomy=self.input_anatomy,
                               observation=self.observation)
@@ -113,6 +147,7 @@ class WorkingProblem:
             "working_spacing_mm": list(self.anatomy.spacing_mm),
             "working_t1gd_voxels": int(self.scans.t1gd.sum()) if self.scans.t1gd is not None else 0,
             "working_flair_voxels": int(self.scans.flair.sum()) if self.scans.flair is not None else 0,
+            "working_pet_voxels": int(self.scans.pet_valid.sum()) if self.scans.pet_valid is not None else 0,
         }
 
 
@@ -155,7 +190,9 @@ def build_working_problem(
 
     t1gd = carry(observation.t1gd) >= MASK_COVERAGE
     flair = carry(observation.flair) >= MASK_COVERAGE
-    pet = carry(observation.pet) if observation.pet is not None else None
+    pet = region = None
+    if observation.pet is not None:
+        pet, region = carry_pet(observation.pet, measured_pet_region(observation.pet, abnormal), carry)
     if not (t1gd | flair).any():
         t1gd, flair = carry(observation.t1gd) > 0, carry(observation.flair) > 0  # a tumour smaller than a voxel
 
@@ -169,7 +206,7 @@ def build_working_problem(
         t1gd=torch.from_numpy(np.ascontiguousarray(t1gd[box])),
         flair=torch.from_numpy(np.ascontiguousarray(flair[box])),
         pet=None if pet is None else torch.from_numpy(np.ascontiguousarray(pet[box])),
-        pet_valid=None if pet is None else tissue_mask,
+        pet_valid=None if pet is None else tissue_mask & torch.from_numpy(np.ascontiguousarray(region[box])),
     )
     return WorkingProblem(anatomy=anatomy, scans=scans, input_anatomy=tissue, observation=observation)
 

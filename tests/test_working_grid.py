@@ -51,6 +51,27 @@ def test_masks_coarsen_by_coverage_and_the_crop_keeps_the_abnormality_and_margin
     assert float(tracer.scans.pet.sum()) * 64 == pytest.approx(float(confined.sum()) * 8, rel=1e-5)
 
 
+def test_a_pet_cut_to_its_uptake_region_is_read_only_there_and_undiluted_at_its_edge(fine_case):
+    """GliomaSolver's preprocessed PET is kept only where T1Gd enhances and is 0 in the rest of the FLAIR
+    abnormality: those zeros are unmeasured, so the likelihood reads the map only where it was measured,
+    at its mean uptake there; a full map (0 only where noise was clipped) is read over all tissue."""
+    anatomy, patient, observation = fine_case
+    cut = np.where(patient.t1gd > 0, 0.6, 0.0).astype(np.float32)
+    problem = build_working_problem(Observation(t1gd=patient.t1gd, flair=patient.flair, pet=cut,
+                                                affine=anatomy.affine, reference=None),
+                                    anatomy, spacing_mm=4.0, margin_mm=8.0)
+    valid = problem.scans.pet_valid
+    assert valid.sum() == pytest.approx(float(problem.scans.t1gd.sum()), rel=0.3)
+    assert not bool((valid & ~problem.scans.flair).any())  # nothing outside the abnormality
+    np.testing.assert_allclose(problem.scans.pet[valid].numpy(), 0.6, rtol=1e-5)
+    coarser = problem.coarsened(2)
+    np.testing.assert_allclose(coarser.scans.pet[coarser.scans.pet_valid].numpy(), 0.6, rtol=1e-5)
+    full = build_working_problem(observation, anatomy, spacing_mm=4.0, margin_mm=8.0)
+    tissue = torch.from_numpy((full.anatomy.wm + full.anatomy.gm) > 0)
+    assert torch.equal(full.scans.pet_valid, tissue)
+    assert problem.describe()["working_pet_voxels"] == int(valid.sum())
+
+
 def test_world_positions_survive_coarsening_and_cropping(fine_case):
     anatomy, _, observation = fine_case
     problem = build_working_problem(observation, anatomy, spacing_mm=4.0, margin_mm=8.0)
