@@ -112,7 +112,7 @@ def _fit(args: argparse.Namespace) -> None:
         device=args.device)
     bounds = parse_bound_overrides(args.bound)
     truth = truth_from_json(args.truth) if args.truth else None
-    observation = load_observation(args.t1gd, args.flair, args.pet, labels=args.labels)
+    observation = load_observation(args.t1gd, args.flair, args.pet, labels=args.labels, core=True)
     tissue = Anatomy.from_nifti(args.wm, args.gm, args.csf) if args.wm else None
     result = fit(observation, args.out, tissue=tissue, settings=settings, bounds=bounds, bounds_toml=args.priors,
                  resume=args.resume, progress=not args.quiet, truth=truth)

@@ -52,6 +52,7 @@ from personalize.working_grid import (
     ImageLogLikelihood,
     WorkingProblem,
     build_working_problem,
+    flair_abnormality,
 )
 from simulators.anatomy import Anatomy
 from simulators.fisher_kolmogorov import FisherKolmogorov
@@ -300,7 +301,7 @@ def write_fit(
 
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
-    outlines = {"T1Gd": observation.t1gd > 0, "FLAIR": observation.flair > 0}
+    outlines = {"T1Gd": observation.t1gd > 0, "FLAIR": flair_abnormality(observation) > 0}
     title = ", ".join(f"{n}={best[index[n]]:.3g}" for n in ("D_w", "rho", "T", "u_t1gd", "u_flair"))
     files["map_slices"] = plot_orthogonal_slices(
         map_density, problem.input_anatomy, figures / "map_slices.png", title=f"MAP: {title}", outlines=outlines,
@@ -332,7 +333,7 @@ def write_fit(
         "parameters": full.summary(),
         "map_fit": {
             "dice_t1gd": dice(map_density > best[index["u_t1gd"]], observation.t1gd > 0),
-            "dice_flair": dice(map_density > best[index["u_flair"]], observation.flair > 0),
+            "dice_flair": dice(map_density > best[index["u_flair"]], flair_abnormality(observation) > 0),
         },
         "stages": len(posterior.stages) - 1,
         "grid": problem.describe(),

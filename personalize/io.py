@@ -35,6 +35,13 @@ class LabelConvention:
     t1gd_labels: frozenset[int]
     flair_labels: frozenset[int]
     description: str
+    core_labels: frozenset[int] | None = None
+    """The whole tumour core (enhancing rim and necrosis), where it differs from ``t1gd_labels``."""
+
+    @property
+    def core(self) -> frozenset[int]:
+        """Labels of the whole tumour core: what the growth model's T1Gd threshold outlines."""
+        return self.core_labels if self.core_labels is not None else self.t1gd_labels
 
     @property
     def labels(self) -> frozenset[int]:
@@ -61,6 +68,7 @@ LABEL_CONVENTIONS: dict[str, LabelConvention] = {
             "gliomasolver", frozenset({1}), frozenset({1, 2, 4}),
             "GliomaSolver example patient (Lipkova et al. 2019): the T1Gd file holds 0, 1, 2, 4 and its "
             "likelihood (lib_c.c, TiLogLikelihood: data[i] == 1) counts only label 1; FLAIR is binary",
+            core_labels=frozenset({1, 2, 4}),
         ),
     )
 }
@@ -109,7 +117,7 @@ class Observation:
 
 
 def load_observation(
-    t1gd: PathLike, flair: PathLike, pet: PathLike | None = None, labels: str | None = None
+    t1gd: PathLike, flair: PathLike, pet: PathLike | None = None, labels: str | None = None, *, core: bool = False
 ) -> Observation:
     """Read a patient's T1Gd and FLAIR segmentations and optional FET-PET map into an :class:`Observation`.
 
@@ -118,6 +126,10 @@ def load_observation(
         flair: segmentation of the FLAIR-visible tumour; the same path as ``t1gd`` for one label map.
         pet: FET-PET uptake on the same grid (finite, non-negative; any scale).
         labels: a name in :data:`LABEL_CONVENTIONS`; without it each segmentation must hold only 0 and 1.
+        core: read T1Gd as the whole tumour core (:attr:`LabelConvention.core`), as the growth model and
+            ``personalize fit`` do, instead of the convention's T1Gd labels. They differ only under
+            ``gliomasolver``, whose published likelihood counts label 1 alone; its necrosis (label 4) read
+            as T1Gd-negative contradicts a model whose density is highest there.
 
     Raises:
         NiftiError: a file cannot be read (see :func:`read_volume`), the files are not on one grid (same
@@ -138,7 +150,7 @@ def load_observation(
             raise NiftiError(pet, f"PET holds {negative} negative values (min {pet_volume.data.min():g})")
         pet_map = pet_volume.data
     return Observation(
-        t1gd=_mask(t1gd_volume, convention, "T1Gd"),
+        t1gd=_mask(t1gd_volume, convention, "core" if core else "T1Gd"),
         flair=_mask(flair_volume, convention, "FLAIR"),
         pet=pet_map,
         affine=t1gd_volume.affine,
@@ -193,7 +205,7 @@ def _convention(name: str | None, path: PathLike) -> LabelConvention | None:
 
 
 def _mask(volume: Volume, convention: LabelConvention | None, kind: str) -> np.ndarray:
-    """The ``kind`` ("T1Gd" or "FLAIR") mask of a segmentation, after checking which labels it holds."""
+    """The ``kind`` ("T1Gd", "core" or "FLAIR") mask of a segmentation, after checking which labels it holds."""
     values = np.unique(volume.data)
     fractional = values[values != np.round(values)]
     if fractional.size:
@@ -213,7 +225,7 @@ def _mask(volume: Volume, convention: LabelConvention | None, kind: str) -> np.n
                 f"holds labels {unexpected} that {convention.name} does not define "
                 f"(it has {sorted(convention.labels)})",
             )
-        positive = convention.t1gd_labels if kind == "T1Gd" else convention.flair_labels
+        positive = {"T1Gd": convention.t1gd_labels, "core": convention.core, "FLAIR": convention.flair_labels}[kind]
     mask = np.isin(volume.data, sorted(positive)).astype(np.float32)
     if not mask.any():
         raise NiftiError(volume.path, f"empty {kind} mask (no voxel labelled {sorted(positive)})")

@@ -2,7 +2,8 @@
 
 A fit simulates thousands of tumours, so it works on a coarser grid than the scans (default 2 mm) and only
 on the box around the abnormality (FLAIR ∪ T1Gd) plus ``margin_mm``, beyond which no plausible tumour
-reaches (the box has no-flux walls). Scans follow the tissue onto that grid by overlap-weighted averaging
+reaches (the box has no-flux walls). The FLAIR mask is completed with the T1Gd one
+(:func:`flair_abnormality`). Scans follow the tissue onto that grid by overlap-weighted averaging
 (:meth:`simulators.anatomy.Anatomy.resample_array`): a mask voxel is positive where the fine mask covers at
 least half of it, a PET voxel holds the mean uptake over where the map was measured
 (:func:`measured_pet_region`). Results computed there go back to the input grid by
@@ -38,6 +39,16 @@ MASK_COVERAGE = 0.5
 
 PET_CUT_FRACTION = 0.1
 """A PET map that reads exactly 0 on more than this fraction of the abnormality is cut to its uptake region."""
+
+
+def flair_abnormality(observation: Observation) -> np.ndarray:
+    """The FLAIR-visible tumour as the model sees it: the FLAIR mask completed with the T1Gd one (float 0/1).
+
+    The model's FLAIR threshold lies below its T1Gd threshold, so every T1Gd-visible voxel is FLAIR-visible;
+    segmentations that label the FLAIR file as edema only (the shared GliomaSolver patient's does) would
+    otherwise read the core as FLAIR-negative and contradict the model.
+    """
+    return np.maximum(observation.flair, observation.t1gd)
 
 
 def measured_pet_region(pet: np.ndarray, abnormal: np.ndarray) -> np.ndarray:
@@ -180,6 +191,7 @@ def build_working_problem(
     abnormal = (observation.t1gd > 0) | (observation.flair > 0)
     if not abnormal.any():
         raise ValueError("the T1Gd and FLAIR masks are both empty: there is no tumour to fit")
+    flair_abnormal = flair_abnormality(observation)
 
     spacing = np.maximum(np.asarray(tissue.spacing_mm), spacing_mm)
     coarsen = not np.allclose(spacing, tissue.spacing_mm, rtol=1e-6)
@@ -189,12 +201,12 @@ def build_working_problem(
         return tissue.resample_array(array, tuple(spacing)) if coarsen else np.array(array, np.float32)
 
     t1gd = carry(observation.t1gd) >= MASK_COVERAGE
-    flair = carry(observation.flair) >= MASK_COVERAGE
+    flair = carry(flair_abnormal) >= MASK_COVERAGE
     pet = region = None
     if observation.pet is not None:
         pet, region = carry_pet(observation.pet, measured_pet_region(observation.pet, abnormal), carry)
     if not (t1gd | flair).any():
-        t1gd, flair = carry(observation.t1gd) > 0, carry(observation.flair) > 0  # a tumour smaller than a voxel
+        t1gd, flair = carry(observation.t1gd) > 0, carry(flair_abnormal) > 0  # a tumour smaller than a voxel
 
     abnormal_voxels = np.argwhere(t1gd | flair)
     lo, hi = abnormal_voxels.min(axis=0), abnormal_voxels.max(axis=0) + 1

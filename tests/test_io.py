@@ -286,6 +286,19 @@ def test_gliomasolver_counts_only_label_1_as_t1gd(tmp_path: Path) -> None:
     observation = load_observation(t1gd, flair, labels="gliomasolver")
     assert {tuple(i) for i in np.argwhere(observation.t1gd)} == {(1, 1, 1)}
     assert np.array_equal(observation.flair, blob())
+    # the growth model (personalize fit) reads the whole core: label 4 is the necrosis, densest of all
+    core = load_observation(t1gd, flair, labels="gliomasolver", core=True)
+    assert {tuple(i) for i in np.argwhere(core.t1gd)} == {(1, 1, 1), (2, 2, 2), (3, 3, 3)}
+
+
+@pytest.mark.parametrize("name", ["brats", "gliodil", "predictgbm"])
+def test_the_core_is_the_t1gd_mask_where_a_convention_already_counts_the_necrosis(tmp_path: Path, name: str) -> None:
+    labels = np.zeros(SHAPE, dtype=np.uint8)
+    for index, label in enumerate(sorted(LABEL_CONVENTIONS[name].labels)):
+        labels[index + 1, 1, 1] = label
+    path = save(tmp_path / "seg.nii.gz", labels)
+    plain, core = (load_observation(path, path, labels=name, core=flag) for flag in (False, True))
+    assert np.array_equal(plain.t1gd, core.t1gd) and np.array_equal(plain.flair, core.flair)
 
 
 @pytest.mark.parametrize("name", LABEL_CONVENTIONS)

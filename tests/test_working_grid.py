@@ -72,6 +72,17 @@ def test_a_pet_cut_to_its_uptake_region_is_read_only_there_and_undiluted_at_its_
     assert problem.describe()["working_pet_voxels"] == int(valid.sum())
 
 
+def test_an_edema_only_flair_mask_is_completed_with_the_t1gd_core(fine_case):
+    """Every T1Gd-visible voxel is FLAIR-visible in the model (u_flair < u_t1gd), so a FLAIR file that
+    labels only the edema is read as edema ∪ core."""
+    anatomy, patient, _ = fine_case
+    edema = np.where(patient.t1gd > 0, 0.0, patient.flair).astype(np.float32)
+    ring = Observation(t1gd=patient.t1gd, flair=edema, pet=None, affine=anatomy.affine, reference=None)
+    whole = Observation(t1gd=patient.t1gd, flair=patient.flair, pet=None, affine=anatomy.affine, reference=None)
+    assert torch.equal(build_working_problem(ring, anatomy, spacing_mm=4.0).scans.flair,
+                       build_working_problem(whole, anatomy, spacing_mm=4.0).scans.flair)
+
+
 def test_world_positions_survive_coarsening_and_cropping(fine_case):
     anatomy, _, observation = fine_case
     problem = build_working_problem(observation, anatomy, spacing_mm=4.0, margin_mm=8.0)
