@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import scipy.stats
 import pytest
 
 from personalize.cli import EXIT_BAD_INPUT, main
@@ -140,10 +141,14 @@ def test_thesis_convention_matches_eq6_and_needs_every_parameter(tiny, capsys):
     code, result, err = run(capsys, *files_args(tiny), "--convention", "thesis", "--param", *params)
     assert code == 0, err
     u = a["density"].astype(np.float64)
+    read = a["pet"] > 0
+    assert (~read).sum() >= 16
     expected = {
         "t1gd": bernoulli(thesis_alpha(u, 0.6, 0.3), binary_t1 == 1),
         "flair": bernoulli(thesis_alpha(u, 0.3, 0.3), a["flair"] == 1),
-        "pet": gaussian(a["pet"].astype(np.float64) - 0.9 * u, 0.05**2),  # y ~ N(b·u, σ²) over every voxel
+        # y ~ N(b·u, σ²) over every voxel, a reading of 0 censored: P(y ≤ 0) = Φ(−b·u/σ)
+        "pet": gaussian(a["pet"][read].astype(np.float64) - 0.9 * u[read], 0.05**2)
+        + float(scipy.stats.norm.logcdf(-0.9 * u[~read] / 0.05).sum()),
     }
     for name, value in expected.items():
         assert result["terms"][name] == pytest.approx(value, rel=1e-12), name
