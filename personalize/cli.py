@@ -121,6 +121,10 @@ def _fit(args: argparse.Namespace) -> None:
     quality = summary["map_fit"]
     print(f"MAP Dice: T1Gd {quality['dice_t1gd']:.3f}, FLAIR {quality['dice_flair']:.3f}; "
           f"{summary['n_simulations']} simulations in {summary['wall_s']:.0f} s; wrote {args.out}")
+    wall, lowest = quality["density_at_crop_wall"], min(settings.thresholds)
+    if wall > lowest:
+        print(f"warning: the MAP tumour reaches the working box's wall (density {wall:.3f} > {lowest:g}); "
+              f"the crop, not the anatomy, bounds it there: refit with --margin above {settings.margin_mm:g}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,6 +52,7 @@ from personalize.working_grid import (
     ImageLogLikelihood,
     WorkingProblem,
     build_working_problem,
+    crop_wall_density,
     flair_abnormality,
 )
 from simulators.anatomy import Anatomy
@@ -334,6 +335,7 @@ def write_fit(
         "map_fit": {
             "dice_t1gd": dice(map_density > best[index["u_t1gd"]], observation.t1gd > 0),
             "dice_flair": dice(map_density > best[index["u_flair"]], flair_abnormality(observation) > 0),
+            "density_at_crop_wall": crop_wall_density(map_working),
         },
         "stages": len(posterior.stages) - 1,
         "grid": problem.describe(),

@@ -51,6 +51,15 @@ def flair_abnormality(observation: Observation) -> np.ndarray:
     return np.maximum(observation.flair, observation.t1gd)
 
 
+def crop_wall_density(density: np.ndarray) -> float:
+    """The largest density on the six faces of the working box. Beyond the crop a tumour cannot grow (the
+    walls are no-flux), so a density well above 0 there means the margin, not the anatomy, shaped the
+    tumour: refit with a larger ``margin_mm``."""
+    faces = [density[index] for axis in range(3) for index in
+             ((slice(None),) * axis + (0,), (slice(None),) * axis + (-1,))]
+    return float(max(face.max() for face in faces))
+
+
 def measured_pet_region(pet: np.ndarray, abnormal: np.ndarray) -> np.ndarray:
     """Where a PET map was measured: everywhere for a full map, where it is > 0 for a map cut to its uptake.
 

@@ -158,3 +158,16 @@ def test_the_command_fits_and_prints_the_table(case, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0 and "mu_1" in printed and "MAP Dice" in printed
     assert json.loads((out / "summary.json").read_text())["settings"]["n_samples"] == 24
+
+
+def test_a_tumour_held_by_the_crop_rather_than_the_anatomy_is_reported(case, tmp_path, capsys):
+    """With no margin the crop is the abnormality's bounding box, which the visible tumour touches: the
+    summary says how dense the MAP is at the box's walls and the command warns to refit with a larger margin."""
+    out = tmp_path / "out"
+    code = main(["fit", "--t1gd", str(case["t1gd"]), "--flair", str(case["flair"]), "--wm", str(case["wm"]),
+                 "--gm", str(case["gm"]), "--spacing", "4", "--margin", "0", "--samples", "24", "--chain-steps", "1",
+                 "--predictive", "4", "--out", str(out), "--quiet"])
+    printed = capsys.readouterr().out
+    wall = json.loads((out / "summary.json").read_text())["map_fit"]["density_at_crop_wall"]
+    assert code == 0 and wall > 0.01
+    assert "warning: the MAP tumour reaches the working box's wall" in printed and "--margin above 0" in printed

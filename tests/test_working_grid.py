@@ -10,7 +10,7 @@ from conftest import phantom
 from likelihoods.joint import JointLikelihood
 from personalize.io import Observation
 from personalize.synth import BUILT_IN_CASE, synthesize
-from personalize.working_grid import ImageLogLikelihood, anatomy_on_grid, build_working_problem
+from personalize.working_grid import ImageLogLikelihood, anatomy_on_grid, build_working_problem, crop_wall_density
 from simulators.fisher_kolmogorov import PARAMETER_NAMES, FisherKolmogorov
 
 TRUTH = BUILT_IN_CASE | {"x": -20.0, "y": 0.0, "z": 4.0, "D_w": 0.3, "rho": 0.05, "T": 200.0}
@@ -156,3 +156,11 @@ def test_the_likelihood_names_the_parameters_it_misses(fine_case):
     with pytest.raises(ValueError, match="pet_scale, pet_sigma"):
         ImageLogLikelihood(FisherKolmogorov(), problem.anatomy, problem.scans, JointLikelihood(),
                            (*PARAMETER_NAMES, "u_t1gd", "u_flair", "sigma_alpha"))
+
+
+def test_the_density_at_the_crop_wall_is_the_largest_on_any_face():
+    density = np.zeros((5, 6, 7), dtype=np.float32)
+    density[2, 3, 3] = 0.9  # inside: not on a wall
+    assert crop_wall_density(density) == 0.0
+    density[2, 5, 4] = 0.3  # on the last y face
+    assert crop_wall_density(density) == pytest.approx(0.3)
