@@ -97,7 +97,7 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _fit(args: argparse.Namespace) -> None:
-    from personalize.fit import FitSettings, fit, summary_table, truth_from_json
+    from personalize.fit import fit, summary_table, truth_from_json
     from personalize.io import load_observation
     from personalize.priors import parse_bound_overrides
     from simulators.anatomy import Anatomy

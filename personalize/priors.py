@@ -101,9 +101,6 @@ DEFAULT_SEED_MARGIN_MM = 5.0
 TISSUE_THRESHOLD = 0.5
 """A voxel is tissue, and may hold the seed, when ``wm + gm`` reaches this."""
 
-"""The anatomy and the observation share a grid when their corner voxels lie this close."""
-
-
 def seed_candidates(anatomy: Any, observation: Any, seed_margin_mm: float = DEFAULT_SEED_MARGIN_MM) -> np.ndarray:
     """Boolean mask of the voxels that may hold the seed, on the anatomy's grid.
 

@@ -55,9 +55,7 @@ def crop_wall_density(density: np.ndarray) -> float:
     """The largest density on the six faces of the working box. Beyond the crop a tumour cannot grow (the
     walls are no-flux), so a density well above 0 there means the margin, not the anatomy, shaped the
     tumour: refit with a larger ``margin_mm``."""
-    faces = [density[index] for axis in range(3) for index in
-             ((slice(None),) * axis + (0,), (slice(None),) * axis + (-1,))]
-    return float(max(face.max() for face in faces))
+    return float(max(density.take([0, -1], axis=axis).max() for axis in range(3)))
 
 
 def measured_pet_region(pet: np.ndarray, abnormal: np.ndarray) -> np.ndarray:

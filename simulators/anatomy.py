@@ -24,9 +24,6 @@ PathLike = str | os.PathLike[str]
 PROBABILITY_TOLERANCE = 1e-3
 """How far outside [0, 1] a tissue map may stray (rounding in stored files) before it is refused."""
 
-"""Largest distance between the grids' corner voxels, in mm, for two tissue maps to count as one grid."""
-
-
 @dataclass(frozen=True, eq=False)
 class Anatomy:
     """Tissue probability maps on a grid with its voxel-to-world affine.
