@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from personalize.fit import FitSettings
+from personalize.synth import MASK_MODELS
 from personalize.tmcmc import StageLimitReached
 from simulators.fisher_kolmogorov import FisherKolmogorov
 from simulators.nifti import NiftiError
@@ -86,10 +87,12 @@ def _synth(args: argparse.Namespace) -> None:
     from simulators.atlas import default_atlas
 
     truth = BUILT_IN_CASE | _parameter_values(args.param)
-    unknown = sorted(set(truth) - set(BUILT_IN_CASE))
+    known = (*BUILT_IN_CASE, "sigma_alpha")
+    unknown = sorted(set(truth) - set(known))
     if unknown:
-        raise ValueError(f"unknown parameters {', '.join(unknown)}; known: {', '.join(BUILT_IN_CASE)}")
-    patient = synthesize(truth, default_atlas(spacing_mm=args.spacing), seed=args.seed, with_pet=not args.no_pet)
+        raise ValueError(f"unknown parameters {', '.join(unknown)}; known: {', '.join(known)}")
+    patient = synthesize(truth, default_atlas(spacing_mm=args.spacing), seed=args.seed, with_pet=not args.no_pet,
+                         masks=args.masks)
     paths = write_synthetic(patient, args.out)
     volumes = patient.visible_volumes_ml
     print(f"wrote a synthetic patient to {args.out}: T1Gd {volumes['t1gd']:.1f} mL, FLAIR {volumes['flair']:.1f} mL; "
@@ -186,9 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth = commands.add_parser("synth", help="a synthetic patient on the default atlas, with its truth beside it")
     synth.add_argument("--param", action="extend", nargs="+", default=[], metavar="NAME=VALUE",
                        help="override the built-in case: D_w, rho, T, x, y, z, u_t1gd, u_flair, pet_scale, "
-                            "pet_sigma")
+                            "pet_sigma; sigma_alpha for --masks detection")
     synth.add_argument("--spacing", type=float, default=2.0, help="atlas spacing in mm (default 2)")
-    synth.add_argument("--seed", type=int, default=0, help="seed of the PET noise")
+    synth.add_argument("--seed", type=int, default=0, help="seed of the PET noise and of drawn masks")
+    synth.add_argument("--masks", choices=MASK_MODELS, default="threshold",
+                       help="threshold the density (default), or draw each voxel with the detection probability "
+                            "of Eq. 6 at --param sigma_alpha=VALUE (the model the likelihood assumes)")
     synth.add_argument("--no-pet", action="store_true", help="no PET scan")
     synth.add_argument("--out", required=True, help="output folder")
     synth.set_defaults(handler=_synth)

@@ -1,10 +1,21 @@
 """A synthetic patient from known parameters: what a scanner would show of a simulated tumour.
 
 The tumour is grown with a simulator on an anatomy (the default atlas unless given). The scans follow the
-imaging model the likelihoods assume: T1Gd and FLAIR masks are the density thresholded at ``u_t1gd`` and
-``u_flair`` (Lipkova et al., IEEE TMI 2019), and FET-PET is ``pet_scale``·u plus Gaussian noise of
-standard deviation ``pet_sigma`` over tissue, clipped at 0 (a PET map holds no negative uptake). The truth
-is written beside the scans so a fit can be scored against it.
+imaging model the likelihoods assume. FET-PET is ``pet_scale``·u plus Gaussian noise of standard deviation
+``pet_sigma`` over tissue, clipped at 0 (a PET map holds no negative uptake). T1Gd and FLAIR masks are made
+one of two ways (``masks``):
+
+- ``"threshold"`` (default): the density thresholded at ``u_t1gd`` and ``u_flair`` (Lipkova et al., IEEE TMI
+  2019), a segmentation without noise. The mask likelihood of Eq. 6 is then misspecified: it expects a voxel
+  at u = u_c to be seen with probability ½ and gives the voxels just on the correct side of u_c a reward that
+  grows with their distance from it, so the voxels on the more populous side (below u_flair: the shell
+  outside the front holds more volume) pull the fitted threshold towards them, by a fraction of σ_α.
+- ``"detection"``: each voxel drawn independently with the detection probability α(u) of Eq. 6 (thesis
+  convention, unclamped: the clamp is the likelihood's guard against mislabelled voxels, not part of the
+  imaging), at the truth's ``sigma_alpha``. This is the generative model the likelihood assumes, so a
+  calibrated sampler covers the truth at the stated rate.
+
+The truth is written beside the scans so a fit can be scored against it.
 """
 
 from __future__ import annotations
@@ -17,11 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from likelihoods.masks import detection_probability
 from simulators.anatomy import Anatomy
 from simulators.fisher_kolmogorov import PARAMETER_NAMES, PARAMETER_UNITS, FisherKolmogorov
 from simulators.nifti import write_nifti
 
-IMAGING_UNITS = {"u_t1gd": "1", "u_flair": "1", "pet_scale": "1", "pet_sigma": "1"}
+IMAGING_UNITS = {"u_t1gd": "1", "u_flair": "1", "sigma_alpha": "1", "pet_scale": "1", "pet_sigma": "1"}
 
 BUILT_IN_CASE: dict[str, float] = {
     "D_w": 0.13, "rho": 0.025, "T": 300.0, "x": 30.0, "y": -10.0, "z": 20.0,
@@ -29,6 +41,9 @@ BUILT_IN_CASE: dict[str, float] = {
 }
 """The built-in case: a right frontal tumour on the default atlas, with GliomaSolver's imaging defaults
 for the thresholds and PET scale and a PET noise in the middle of the prior."""
+
+
+MASK_MODELS = ("threshold", "detection")
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,14 +71,21 @@ def synthesize(
     simulator: FisherKolmogorov | None = None,
     seed: int = 0,
     with_pet: bool = True,
+    masks: str = "threshold",
 ) -> SyntheticPatient:
     """Grow a tumour with ``truth``'s model parameters and image it with ``truth``'s imaging parameters.
 
+    ``masks`` is ``"threshold"`` or ``"detection"`` (see the module docstring); ``"detection"`` needs
+    ``sigma_alpha`` in ``truth`` and draws the masks with ``seed``.
+
     Raises:
-        ValueError: a missing parameter, thresholds outside (0, 1) or u_flair ≥ u_t1gd, a negative PET
-            noise, or a tumour too small to be seen on either scan.
+        ValueError: a missing parameter, an unknown ``masks``, thresholds outside (0, 1) or
+            u_flair ≥ u_t1gd, a negative PET noise, or a tumour too small to be seen on either scan.
     """
-    needed = PARAMETER_NAMES + ("u_t1gd", "u_flair") + (("pet_scale", "pet_sigma") if with_pet else ())
+    if masks not in MASK_MODELS:
+        raise ValueError(f"masks must be one of {MASK_MODELS}, got {masks!r}")
+    needed = (PARAMETER_NAMES + ("u_t1gd", "u_flair") + (("sigma_alpha",) if masks == "detection" else ())
+              + (("pet_scale", "pet_sigma") if with_pet else ()))
     missing = [name for name in needed if name not in truth]
     if missing:
         raise ValueError(f"missing parameters: {', '.join(missing)}")
@@ -73,8 +95,8 @@ def synthesize(
     simulator = simulator or FisherKolmogorov()
     params = torch.tensor([[truth[name] for name in PARAMETER_NAMES]], dtype=torch.float32)
     density = simulator.simulate(params, anatomy)[0].numpy()
-    t1gd = (density > truth["u_t1gd"]).astype(np.float32)
-    flair = (density > truth["u_flair"]).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    t1gd, flair = (_mask(density, truth[name], truth.get("sigma_alpha"), masks, rng) for name in ("u_t1gd", "u_flair"))
     if not t1gd.any() or not flair.any():
         raise ValueError(f"the tumour never exceeds u_t1gd = {truth['u_t1gd']} (maximum {density.max():.3f}): "
                          "nothing would show on T1Gd; grow it longer or faster")
@@ -82,11 +104,20 @@ def synthesize(
     if with_pet:
         if not truth["pet_sigma"] >= 0:
             raise ValueError(f"pet_sigma must be >= 0, got {truth['pet_sigma']}")
-        noise = np.random.default_rng(seed).normal(0.0, truth["pet_sigma"], density.shape)
+        noise = rng.normal(0.0, truth["pet_sigma"], density.shape)
         pet = np.where(anatomy.tissue > 0, np.clip(truth["pet_scale"] * density + noise, 0.0, None), 0.0)
         pet = pet.astype(np.float32)
     used = {name: float(truth[name]) for name in needed}
     return SyntheticPatient(anatomy=anatomy, density=density, t1gd=t1gd, flair=flair, pet=pet, truth=used)
+
+
+def _mask(density: np.ndarray, u_c: float, sigma_alpha: float | None, model: str,
+          rng: np.random.Generator) -> np.ndarray:
+    """A binary mask of ``density`` under the mask model ``model`` (float32 0/1)."""
+    if model == "threshold":
+        return (density > u_c).astype(np.float32)
+    alpha = detection_probability(torch.from_numpy(density).unsqueeze(0), u_c, sigma_alpha, clamp=0.0)[0].numpy()
+    return (rng.random(density.shape) < alpha).astype(np.float32)
 
 
 def write_synthetic(patient: SyntheticPatient, out: str | os.PathLike[str]) -> dict[str, Path]:
