@@ -1,0 +1,133 @@
+"""Specification of the tumour micro-environment model: the behaviour Yonucu et al. (2017) and Koyuncu et al.
+(2022) report — a pressure plateau that drops at the rim, vessel pruning and lower pressure under an
+anti-angiogenic agent, drug gathering at the periphery, tumour kill — and the solver's own guarantees."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simulators.microenvironment import (
+    MicroenvironmentParameters,
+    MicroenvironmentState,
+    drug_balance,
+    initial_state,
+    simulate_microenvironment,
+)
+from simulators.treatment import Dose, Schedule
+
+SHAPE, SPACING_MM = (61, 61), 0.1  # a 6 mm square: small and coarse enough for tests, large enough for the rim
+START = 10.0  # days of untreated growth before any dose: the tumour is then about 2 mm across
+
+
+@pytest.fixture(scope="module")
+def grown() -> MicroenvironmentState:
+    """Virtual patient 1 after ten untreated days."""
+    start = initial_state(SHAPE, seed=1, spacing_mm=SPACING_MM)
+    return simulate_microenvironment(start, Schedule(), START, output_every_days=START).state(-1)
+
+
+def treat(state: MicroenvironmentState, *doses: Dose, days: float = 2.0,
+          parameters: MicroenvironmentParameters = MicroenvironmentParameters()) -> MicroenvironmentState:
+    """The state ``days`` after ``state`` (at day START) under ``doses``."""
+    return simulate_microenvironment(state, Schedule(doses), days, parameters, output_every_days=days,
+                                     start_day=START).state(-1)
+
+
+def test_pressure_plateaus_inside_the_tumour_and_drops_at_its_rim(grown, measured):
+    P, n = grown.P, grown.n
+    core, rim, outside = P[n > 0.8], P[(n > 0.3) & (n < 0.7)], P[n < 0.01]
+    plateau = core.mean()
+    measured("core pressure mean, relative spread (P_v)", f"{plateau:.3f}, {core.std() / plateau:.3f}")
+    measured("pressure at the rim (0.3 < n < 0.7), outside (n < 0.01)", f"{rim.mean():.3f}, {outside.mean():.3f}")
+    assert plateau > 0.4 and core.std() < 0.1 * plateau
+    assert rim.mean() < 0.75 * plateau and outside.mean() < 0.1 * plateau
+
+
+def test_an_antiangiogenic_dose_lowers_vessel_density_and_pressure_in_the_core(grown, measured):
+    untreated = treat(grown)
+    treated = treat(grown, Dose(START, "antiangiogenic", 2.0))
+    core = untreated.n > 0.8
+    m_before, m_after = untreated.m[core].mean(), treated.m[core].mean()
+    p_before, p_after = untreated.P[core].mean(), treated.P[core].mean()
+    measured("core vessel density untreated -> treated", f"{m_before:.3f} -> {m_after:.3f}")
+    measured("core pressure untreated -> treated (P_v)", f"{p_before:.3f} -> {p_after:.3f}")
+    assert m_after < 0.85 * m_before
+    assert p_after < p_before - 0.02
+
+
+def test_the_drug_gathers_at_the_tumour_periphery_not_in_its_core(grown, measured):
+    one_day = treat(grown, Dose(START, "chemotherapy", 1.0), days=1.0)
+    n, d = one_day.n, one_day.d
+    core, periphery = d[n > 0.8].mean(), d[(n > 0.01) & (n < 0.5)].mean()
+    measured("drug one day after a dose: core, periphery (0.01 < n < 0.5)", f"{core:.3f}, {periphery:.3f}")
+    assert periphery > 2 * core
+
+
+def test_enough_chemotherapy_shrinks_the_tumour_which_grows_without(grown, measured):
+    potent = MicroenvironmentParameters(drug_kill=5.0)  # the note's level for shrinkage
+    doses = [Dose(START + day, "chemotherapy", 1.0) for day in (0.0, 1.0)]
+    burden = grown.n.sum()
+    untreated, treated = treat(grown, days=3.0, parameters=potent), treat(grown, *doses, days=3.0, parameters=potent)
+    measured("tumour burden after 3 days / before, untreated and treated",
+             f"{untreated.n.sum() / burden:.3f}, {treated.n.sum() / burden:.3f}")
+    assert untreated.n.sum() > 1.1 * burden
+    assert treated.n.sum() < 0.8 * burden
+
+
+def test_the_steady_drug_solve_balances_vessel_sources_against_sinks(grown, measured):
+    """No flux leaves the grid: the transport terms sum to zero over it, so what the vessels release is what
+    the sinks (reabsorption, lymphatics, decay) remove."""
+    balance = drug_balance(grown.n, grown.m, grown.P, 0.7, SPACING_MM, MicroenvironmentParameters())
+    d = balance.solve()
+    source, sink = balance.source.sum(), (balance.sink_rate * d).sum()
+    transport = balance.transport @ d
+    measured("drug source, sink (sum over the grid)", f"{source:.6g}, {sink:.6g}")
+    measured("relative imbalance", f"{abs(source - sink) / source:.2e}")
+    assert d.min() >= 0
+    assert abs(source - sink) < 1e-10 * source
+    assert abs(transport.sum()) < 1e-10 * np.abs(transport).sum()
+
+
+def test_the_seed_is_the_virtual_patient():
+    first, again, other = (initial_state(SHAPE, seed=seed, spacing_mm=SPACING_MM) for seed in (3, 3, 4))
+    np.testing.assert_array_equal(first.m, again.m)
+    assert np.corrcoef(first.m.ravel(), other.m.ravel())[0, 1] < 0.5
+    np.testing.assert_array_equal(first.n, other.n)  # the tumour starts the same; its vessels differ
+    schedule = Schedule((Dose(0.25, "chemotherapy", 1.0), Dose(0.25, "antiangiogenic", 1.0)))
+    runs = [simulate_microenvironment(state, schedule, 0.5, output_every_days=0.25) for state in (first, again)]
+    for name in ("n", "m", "P", "A", "d"):
+        np.testing.assert_array_equal(getattr(runs[0], name), getattr(runs[1], name))
+    np.testing.assert_allclose(runs[0].times, [0.0, 0.25, 0.5])
+    assert runs[0].d[0].max() == 0 and runs[0].d[1].max() > 0
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [({"tumour_growth": -0.1}, "tumour_growth must be non-negative"),
+     ({"drug_kill": float("nan")}, "drug_kill must be finite"),
+     ({"vessel_beta": 1.4}, "must be 0"),
+     ({"drug_reflection": 1.5}, "must not exceed 1"),
+     ({"drug_plasma_time_constant_days": 0.0}, "must be positive")],
+)
+def test_impossible_parameters_are_refused(change, problem):
+    with pytest.raises(ValueError, match=problem):
+        MicroenvironmentParameters(**change)
+
+
+@pytest.mark.parametrize(
+    "days, every, step, problem",
+    [(1.0, 0.3, 1 / 48, "whole number of output intervals"),
+     (-1.0, 0.5, 1 / 48, "non-negative"),
+     (1.0, 0.5, 0.5, "explicit diffusion limit")],
+)
+def test_impossible_runs_are_refused(days, every, step, problem):
+    state = initial_state((5, 5), spacing_mm=0.01)
+    with pytest.raises(ValueError, match=problem):
+        simulate_microenvironment(state, Schedule(), days, output_every_days=every, max_time_step_days=step)
+
+
+def test_a_state_refuses_fields_of_different_shapes():
+    ones = np.ones((4, 4))
+    with pytest.raises(ValueError, match="one shape"):
+        MicroenvironmentState(ones, ones, ones, ones, np.ones((4, 5)))
