@@ -22,27 +22,89 @@ from simulators.seed import PRESETS
 from simulators.stencil import set_threads
 
 EXIT_BAD_INPUT = 2
+SIMULATE_MODELS = ("fisher-kolmogorov", "microenvironment")
+_FK_ONLY = {"atlas": "--atlas", "wm": "--wm", "gm": "--gm", "csf": "--csf", "D_w": "--D_w", "rho": "--rho",
+            "T": "--T", "x": "--x", "y": "--y", "z": "--z", "gm_ratio": "--gm-ratio", "seed_width": "--seed-width",
+            "seed_amplitude": "--seed-amplitude", "device": "--device"}
+_MICROENVIRONMENT_ONLY = {"schedule": "--schedule", "days": "--days", "grid": "--grid",
+                          "output_every": "--output-every", "start_day": "--start-day"}
+
+
+def _days(text: str) -> float:
+    """A number of days, or a fraction such as ``1/48`` (30 minutes) that divides a span exactly."""
+    numerator, slash, denominator = text.partition("/")
+    try:
+        value = float(numerator) / float(denominator) if slash else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected days as a number or a fraction like 1/48, got {text!r}") from None
+    return value
+
+
+def _refuse_other_models_options(args: argparse.Namespace, options: dict[str, str], model: str) -> None:
+    given = [flag for dest, flag in options.items() if getattr(args, dest) not in (None, False)]
+    if given:
+        other = next(name for name in SIMULATE_MODELS if name != model)
+        raise ValueError(f"{', '.join(given)} apply to --model {other} only")
 
 
 def _simulate(args: argparse.Namespace) -> None:
+    if args.model == "microenvironment":
+        _simulate_microenvironment(args)
+    else:
+        _simulate_fisher_kolmogorov(args)
+
+
+def _simulate_fisher_kolmogorov(args: argparse.Namespace) -> None:
     from personalize.simulate import TissueFiles, run_simulation
 
+    _refuse_other_models_options(args, _MICROENVIRONMENT_ONLY, "fisher-kolmogorov")
+    missing = [flag for flag in ("--D_w", "--rho", "--T", "--x", "--y", "--z") if getattr(args, flag[2:]) is None]
+    if missing:
+        raise ValueError(f"--model fisher-kolmogorov needs {', '.join(missing)}")
     if args.atlas == bool(args.wm or args.gm):
         raise ValueError("give either --atlas or both --wm and --gm")
     if bool(args.wm) != bool(args.gm):
         raise ValueError("--wm and --gm go together")
+    if args.seed is not None and args.seed not in PRESETS:
+        raise ValueError(f"--seed for --model fisher-kolmogorov is one of {', '.join(sorted(PRESETS))}, "
+                         f"got {args.seed!r}")
     tissue = None if args.atlas else TissueFiles(Path(args.wm), Path(args.gm), Path(args.csf) if args.csf else None)
     spacing = args.spacing if args.spacing is not None else (2.0 if args.atlas else None)
-    seed = PRESETS[args.seed]
+    seed = PRESETS[args.seed or "tumorgrowthtoolkit"]
     if args.seed_width is not None or args.seed_amplitude is not None:
         seed = replace(seed, width_mm=args.seed_width or seed.width_mm,
                        amplitude=args.seed_amplitude or seed.amplitude)
-    simulator = FisherKolmogorov(gm_ratio=args.gm_ratio, seed=seed)
+    gm_ratio = FisherKolmogorov.gm_ratio if args.gm_ratio is None else args.gm_ratio
+    simulator = FisherKolmogorov(gm_ratio=gm_ratio, seed=seed)
     parameters = {"D_w": args.D_w, "rho": args.rho, "T": args.T, "x": args.x, "y": args.y, "z": args.z}
     record = run_simulation(parameters, args.out, tissue=tissue, spacing_mm=spacing, simulator=simulator,
-                            device=args.device, progress=not args.quiet)
+                            device=args.device or "cpu", progress=not args.quiet)
     print(f"wrote {record.density} and {record.figure}: {record.steps} steps in {record.wall_s:.2f} s; "
           + ", ".join(f"{v:.1f} mL above u={t}" for t, v in record.volume_ml_above.items()))
+
+
+def _simulate_microenvironment(args: argparse.Namespace) -> None:
+    from personalize.microenvironment_run import DEFAULT_OUTPUT_EVERY_DAYS, load_schedule, run_microenvironment
+    from simulators.microenvironment import DEFAULT_SPACING_MM
+
+    _refuse_other_models_options(args, _FK_ONLY, "microenvironment")
+    if args.schedule is None:
+        raise ValueError("--model microenvironment needs --schedule FILE.toml ('dose = []' for no treatment)")
+    try:
+        seed = 0 if args.seed is None else int(args.seed)
+    except ValueError:
+        raise ValueError(f"--seed for --model microenvironment is a non-negative integer (the virtual patient), "
+                         f"got {args.seed!r}") from None
+    schedule = load_schedule(args.schedule)
+    record = run_microenvironment(
+        schedule, args.out, grid=151 if args.grid is None else args.grid,
+        spacing_mm=DEFAULT_SPACING_MM if args.spacing is None else args.spacing, seed=seed,
+        start_day=args.start_day, days=7.0 if args.days is None else args.days,
+        output_every_days=DEFAULT_OUTPUT_EVERY_DAYS if args.output_every is None else args.output_every,
+        progress=not args.quiet)
+    print(f"wrote {record.trajectory}, {record.summary} and {record.figure}: {record.outputs} outputs from day "
+          f"{record.start_day:g} to {record.end_day:g} in {record.wall_s:.1f} s; tumour burden "
+          f"{record.burden_first_mm2:.3f} -> {record.burden_last_mm2:.3f} mm^2")
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -135,27 +197,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="personalize", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    simulate = commands.add_parser("simulate", help="simulate tumour growth for one parameter set")
-    anatomy = simulate.add_argument_group("anatomy (default atlas, or a patient's tissue maps)")
+    simulate = commands.add_parser(
+        "simulate", help="simulate one tumour: Fisher-Kolmogorov growth for one parameter set (default), or the "
+                         "2D micro-environment model under a dose schedule")
+    simulate.add_argument("--model", choices=SIMULATE_MODELS, default="fisher-kolmogorov",
+                          help="forward model (default fisher-kolmogorov)")
+    simulate.add_argument("--spacing", type=float,
+                          help="fisher-kolmogorov: simulate at this spacing in mm (atlas default 2; patient "
+                               "default: the files' own grid); microenvironment: cell size in mm (default 1/15)")
+    simulate.add_argument("--seed", help="fisher-kolmogorov: initial condition convention, "
+                                         f"{' or '.join(sorted(PRESETS))} (default tumorgrowthtoolkit: "
+                                         "TumorGrowthToolkit's Gaussian, variance 10 mm^2, peak 0.5, zero below "
+                                         "0.1); microenvironment: the virtual patient, an integer (default 0)")
+    anatomy = simulate.add_argument_group("fisher-kolmogorov: anatomy (default atlas, or a patient's tissue maps)")
     anatomy.add_argument("--atlas", action="store_true", help="the default MNI152 2009a atlas")
     anatomy.add_argument("--wm", help="white-matter map (NIfTI, probabilities or binary)")
     anatomy.add_argument("--gm", help="grey-matter map (NIfTI, probabilities or binary)")
     anatomy.add_argument("--csf", help="CSF map (NIfTI, optional)")
-    anatomy.add_argument("--spacing", type=float, help="simulate at this spacing in mm (atlas default 2; "
-                                                        "patient default: the files' own grid)")
-    model = simulate.add_argument_group("model (mm, days)")
-    model.add_argument("--D_w", type=float, required=True, help="white-matter diffusivity, mm^2/day")
-    model.add_argument("--rho", type=float, required=True, help="proliferation rate, 1/day")
-    model.add_argument("--T", type=float, required=True, help="time since the seed, days")
+    model = simulate.add_argument_group("fisher-kolmogorov: model (mm, days; D_w, rho, T, x, y, z required)")
+    model.add_argument("--D_w", type=float, help="white-matter diffusivity, mm^2/day")
+    model.add_argument("--rho", type=float, help="proliferation rate, 1/day")
+    model.add_argument("--T", type=float, help="time since the seed, days")
     for axis in "xyz":
-        model.add_argument(f"--{axis}", type=float, required=True, help=f"seed {axis}, mm in world space")
-    model.add_argument("--gm-ratio", type=float, default=0.1, help="D_g / D_w (default 0.1)")
-    model.add_argument("--seed", choices=sorted(PRESETS), default="tumorgrowthtoolkit",
-                       help="initial condition convention (default: TumorGrowthToolkit's Gaussian, "
-                            "variance 10 mm^2, peak 0.5, zero below 0.1)")
+        model.add_argument(f"--{axis}", type=float, help=f"seed {axis}, mm in world space")
+    model.add_argument("--gm-ratio", type=float, help="D_g / D_w (default 0.1)")
     model.add_argument("--seed-width", type=float, help="override the seed's width in mm")
     model.add_argument("--seed-amplitude", type=float, help="override the seed's peak density")
-    simulate.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    model.add_argument("--device", help="torch device, e.g. cpu (default) or cuda")
+    micro = simulate.add_argument_group("microenvironment (mm, days)")
+    micro.add_argument("--schedule", metavar="FILE.toml",
+                       help="dated doses, [[dose]] tables of day, agent (antiangiogenic or chemotherapy), amount; "
+                            "required ('dose = []' for no treatment)")
+    micro.add_argument("--grid", type=int, metavar="N", help="cells per side of the square grid (default 151)")
+    micro.add_argument("--start-day", type=_days, metavar="DAY",
+                       help="first recorded day; the patient grows under the schedule from day 0 to it without "
+                            "output (default: the schedule's first dose)")
+    micro.add_argument("--days", type=_days, metavar="D", help="recorded span in days (default 7)")
+    micro.add_argument("--output-every", type=_days, metavar="DAYS",
+                       help="output interval, days or a fraction (default 1/48: 30 minutes)")
     simulate.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
     simulate.add_argument("--quiet", action="store_true", help="no progress bar")
     simulate.add_argument("--out", required=True, help="output folder")

@@ -185,3 +185,79 @@ def test_outputs_are_readable_by_others_as_the_umask_allows(patient, tmp_path):
         os.umask(previous)
     for name in ("density.nii.gz", "density.png", "simulation.json"):
         assert (out / name).stat().st_mode & 0o044 == 0o044, name
+
+
+SCHEDULE = ('[[dose]]\nday = 8.0\nagent = "antiangiogenic"\namount = 1.0\n\n'
+            '[[dose]]\nday = 8.5\nagent = "chemotherapy"\namount = 1.0\n')
+
+
+def microenvironment_args(schedule: Path, out: Path, *extra: str) -> list[str]:
+    """A small, short run: 31 x 31 cells of 0.2 mm, grown to day 8 (the first dose), recorded to day 9."""
+    return ["simulate", "--model", "microenvironment", "--schedule", str(schedule), "--grid", "31", "--spacing",
+            "0.2", "--days", "1", "--output-every", "1/2", "--seed", "3", "--quiet", "--out", str(out), *extra]
+
+
+def test_simulate_microenvironment_writes_the_trajectory_its_summary_and_a_figure(tmp_path, capsys):
+    schedule = tmp_path / "schedule.toml"
+    schedule.write_text(SCHEDULE)
+    out = tmp_path / "run"
+    assert main(microenvironment_args(schedule, out)) == 0
+    assert "trajectory.npz" in capsys.readouterr().out
+    with np.load(out / "trajectory.npz") as stored:
+        np.testing.assert_allclose(stored["times"], [8.0, 8.5, 9.0])
+        for name in ("n", "m", "P", "A", "d"):
+            assert stored[name].shape == (3, 31, 31) and stored[name].dtype == np.float32, name
+        assert float(stored["spacing_mm"]) == 0.2 and int(stored["seed"]) == 3
+        doses = json.loads(str(stored["schedule"]))["doses"]
+        n, A, d = stored["n"], stored["A"], stored["d"]
+    assert doses == [{"day": 8.0, "agent": "antiangiogenic", "amount": 1.0},
+                     {"day": 8.5, "agent": "chemotherapy", "amount": 1.0}]
+    assert A[0].max() > 0 and d[0].max() == 0 and d[1].max() > 0  # the recording starts at the first dose
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["grid"] == [31, 31] and summary["seed"] == 3 and summary["start_day"] == 8.0
+    assert summary["schedule"] == doses and len(summary["outputs"]) == 3
+    burden = [entry["tumour_burden_mm2"] for entry in summary["outputs"]]
+    np.testing.assert_allclose(burden, n.sum(axis=(1, 2), dtype=np.float64) * 0.2**2, rtol=1e-5)
+    last = summary["outputs"][-1]
+    assert last["day"] == 9.0 and last["max_drug"] == pytest.approx(float(d[-1].max()), rel=1e-5)
+    assert 0.5 < last["tumour_cell_density"] <= 1 and last["core_pressure"] > 0
+    assert (out / "figures" / "microenvironment.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [("day = = 1\n", "not valid TOML"),
+     ('[[dose]]\nday = 1\nagent = "radiotherapy"\namount = 1\n', "unknown agent"),
+     ('[[dose]]\nday = 1\nagent = "chemotherapy"\n', "missing amount"),
+     (None, "not found")],
+    ids=["not-toml", "unknown-agent", "missing-amount", "missing-file"],
+)
+def test_simulate_microenvironment_refuses_a_bad_schedule_in_one_line_without_output(tmp_path, capsys, text, problem):
+    schedule = tmp_path / "bad.toml"
+    if text is not None:
+        schedule.write_text(text)
+    out = tmp_path / "never"
+    assert main(microenvironment_args(schedule, out)) == EXIT_BAD_INPUT
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and str(schedule) in error and problem in error, error
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, problem",
+    [(["--model", "microenvironment"], "needs --schedule"),
+     (["--model", "microenvironment", "--schedule", "s.toml", "--D_w", "0.1"], "--D_w apply to --model "
+                                                                              "fisher-kolmogorov only"),
+     (["--atlas", "--D_w", "0.1", "--rho", "0.02"], "needs --T, --x, --y, --z"),
+     (["--atlas", "--D_w", "0.1", "--rho", "0.02", "--T", "100", "--x", "0", "--y", "0", "--z", "0",
+       "--schedule", "s.toml"], "--schedule apply to --model microenvironment only"),
+     (["--atlas", "--D_w", "0.1", "--rho", "0.02", "--T", "100", "--x", "0", "--y", "0", "--z", "0",
+       "--seed", "7"], "one of gliomasolver, tumorgrowthtoolkit")],
+    ids=["no-schedule", "fk-option-for-microenvironment", "fk-parameters-missing", "schedule-for-fk", "fk-seed"],
+)
+def test_simulate_options_of_the_other_model_or_missing_ones_are_one_line_errors(tmp_path, capsys, args, problem):
+    out = tmp_path / "never"
+    assert main(["simulate", *args, "--quiet", "--out", str(out)]) == EXIT_BAD_INPUT
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and problem in error, error
+    assert not out.exists()

@@ -1,4 +1,4 @@
-"""Every tutorial runs to the end with its small settings, as a user would run it."""
+"""Every tutorial runs to the end with its small settings, as a user would run it, and writes what it says."""
 
 from __future__ import annotations
 
@@ -12,12 +12,33 @@ import pytest
 TUTORIALS = sorted((Path(__file__).resolve().parents[1] / "tutorials").glob("*.py"))
 
 
-@pytest.mark.parametrize("tutorial", TUTORIALS, ids=lambda path: path.stem)
-def test_tutorial_runs_with_quick_settings(tutorial, tmp_path):
-    completed = subprocess.run([sys.executable, str(tutorial), "--quick", "--out", str(tmp_path)],
-                               capture_output=True, text=True, timeout=900)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    summaries = list(tmp_path.rglob("summary.json"))
+def check_fit_synthetic_patient(out: Path, stdout: str) -> None:
+    summaries = list(out.rglob("summary.json"))
     assert summaries, "the tutorial wrote no fit"
     summary = json.loads(summaries[0].read_text())
     assert summary["n_simulations"] > 0 and "mu_1" in summary["parameters"]
+
+
+def check_microenvironment_treatment(out: Path, stdout: str) -> None:
+    record = json.loads((out / "comparison.json").read_text())
+    final = {name: arm["measures"][-1] for name, arm in record["arms"].items()}
+    assert set(final) == {"untreated", "anti-angiogenic", "combined"}
+    for name, measures in final.items():
+        assert f"{measures['tumour_burden_mm2']:.3f}" in stdout, name  # the printed numbers are the measured ones
+    assert final["combined"]["tumour_burden_mm2"] < final["untreated"]["tumour_burden_mm2"]
+    assert final["anti-angiogenic"]["core_vessel_density"] < final["untreated"]["core_vessel_density"]
+    assert final["untreated"]["rim_drug"] == 0 and final["combined"]["rim_drug"] > final["combined"]["core_drug"]
+    assert (out / "comparison.png").stat().st_size > 10_000
+
+
+CHECKS = {"fit_synthetic_patient": check_fit_synthetic_patient,
+          "microenvironment_treatment": check_microenvironment_treatment}
+
+
+@pytest.mark.parametrize("tutorial", TUTORIALS, ids=lambda path: path.stem)
+def test_tutorial_runs_with_quick_settings(tutorial, tmp_path):
+    assert tutorial.stem in CHECKS, f"add a check of what {tutorial.name} writes to CHECKS"
+    completed = subprocess.run([sys.executable, str(tutorial), "--quick", "--out", str(tmp_path)],
+                               capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    CHECKS[tutorial.stem](tmp_path, completed.stdout)
