@@ -34,16 +34,20 @@ import numpy as np  # noqa: E402
 
 from simulators.microenvironment import (  # noqa: E402
     DEFAULT_SPACING_MM,
+    DEFAULT_TIME_STEP_DAYS,
     FIELDS,
     MicroenvironmentParameters,
     MicroenvironmentState,
     Trajectory,
+    grow,
     initial_state,
     simulate_microenvironment,
+    time_step_days,
 )
+from simulators.surrogates.metrics import DEFAULT_TUMOUR_THRESHOLD, tumour_cell_density  # noqa: E402
 from simulators.treatment import Schedule  # noqa: E402
 
-TUMOUR_THRESHOLD = 0.5
+TUMOUR_THRESHOLD = DEFAULT_TUMOUR_THRESHOLD
 """Tumour cells: n above this (the "tumour cell density" is the mean of n there, as DENT measures it)."""
 CORE_THRESHOLD = 0.8
 """The tumour core: n above this."""
@@ -51,8 +55,6 @@ RIM_BOUNDS = (0.01, 0.5)
 """The tumour's rim (periphery): n strictly between these."""
 DEFAULT_OUTPUT_EVERY_DAYS = 1.0 / 48.0
 """30 minutes, DENT's output interval."""
-DEFAULT_TIME_STEP_DAYS = 1.0 / 48.0
-"""The model's own step; lowered automatically where the grid is fine enough to need it."""
 
 FIELD_LABELS = {
     "n": "tumour cells n",
@@ -113,15 +115,6 @@ def default_start_day(schedule: Schedule) -> float:
     return schedule.doses[0].day if schedule.doses else 0.0
 
 
-def time_step_days(spacing_mm: float, parameters: MicroenvironmentParameters,
-                   preferred_days: float = DEFAULT_TIME_STEP_DAYS) -> float:
-    """``preferred_days``, or 99 % of the explicit diffusion limit h²/(4 max(D_n, D_m)) where that is smaller."""
-    fastest = max(parameters.tumour_diffusion, parameters.vessel_diffusion)
-    if fastest <= 0:
-        return preferred_days
-    return min(preferred_days, 0.99 * spacing_mm**2 / (4.0 * fastest))
-
-
 def check_run(grid: int, spacing_mm: float, seed: int, start_day: float, days: float,
               output_every_days: float) -> None:
     """Refuse settings the model would refuse, before any work.
@@ -174,15 +167,8 @@ def grow_and_treat(
                                      max_time_step_days=step, progress=progress)
 
 
-def grow(state: MicroenvironmentState, schedule: Schedule, until_day: float,
-         parameters: MicroenvironmentParameters = MicroenvironmentParameters(), *, from_day: float = 0.0,
-         max_time_step_days: float = DEFAULT_TIME_STEP_DAYS, progress: bool = False) -> MicroenvironmentState:
-    """``state`` (at ``from_day``) advanced to ``until_day`` under ``schedule``, keeping only the last state."""
-    span = until_day - from_day
-    if span == 0:
-        return state
-    return simulate_microenvironment(state, schedule, span, parameters, output_every_days=span, start_day=from_day,
-                                     max_time_step_days=max_time_step_days, progress=progress).state(-1)
+def _none_if_nan(value: float) -> float | None:
+    return None if math.isnan(value) else value
 
 
 def _mean_or_none(values: np.ndarray) -> float | None:
@@ -198,7 +184,7 @@ def regional_measures(state: MicroenvironmentState) -> dict[str, float | None]:
     rim = (n > RIM_BOUNDS[0]) & (n < RIM_BOUNDS[1])
     return {
         "tumour_burden_mm2": float(n.sum() * state.spacing_mm**2),
-        "tumour_cell_density": _mean_or_none(n[n > TUMOUR_THRESHOLD]),
+        "tumour_cell_density": _none_if_nan(tumour_cell_density(n, TUMOUR_THRESHOLD)),
         "core_vessel_density": _mean_or_none(state.m[core]),
         "core_pressure": _mean_or_none(state.P[core]),
         "core_drug": _mean_or_none(state.d[core]),

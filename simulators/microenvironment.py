@@ -64,6 +64,8 @@ DEFAULT_SHAPE = (151, 151)
 DEFAULT_SPACING_MM = 10.0 / 150.0
 """DENT's grid is 151 × 151 (Koyuncu et al. 2022); its spacing, 1/150 cm (a 1 cm domain), is the note's."""
 FIELDS = ("n", "m", "P", "A", "d")
+DEFAULT_TIME_STEP_DAYS = 1.0 / 48.0
+"""The model's own step (30 minutes); :func:`time_step_days` lowers it where the grid is fine enough to need it."""
 
 
 @dataclass(frozen=True)
@@ -343,7 +345,7 @@ def simulate_microenvironment(
     output_every_days: float = 1.0 / 48.0,
     *,
     start_day: float = 0.0,
-    max_time_step_days: float = 1.0 / 48.0,
+    max_time_step_days: float = DEFAULT_TIME_STEP_DAYS,
     progress: bool = False,
 ) -> Trajectory:
     """Advance ``initial`` (at ``start_day``) by ``days`` under ``schedule`` (dose days on the same clock).
@@ -392,6 +394,26 @@ def simulate_microenvironment(
             bar.update()
     stacked = {name: np.stack(records[name]) for name in FIELDS}
     return Trajectory(times=times, spacing_mm=h, **stacked)
+
+
+def time_step_days(spacing_mm: float, parameters: MicroenvironmentParameters,
+                   preferred_days: float = DEFAULT_TIME_STEP_DAYS) -> float:
+    """``preferred_days``, or 99 % of the explicit diffusion limit h²/(4 max(D_n, D_m)) where that is smaller."""
+    fastest = max(parameters.tumour_diffusion, parameters.vessel_diffusion)
+    if fastest <= 0:
+        return preferred_days
+    return min(preferred_days, 0.99 * spacing_mm**2 / (4.0 * fastest))
+
+
+def grow(state: MicroenvironmentState, schedule: Schedule, until_day: float,
+         parameters: MicroenvironmentParameters = MicroenvironmentParameters(), *, from_day: float = 0.0,
+         max_time_step_days: float = DEFAULT_TIME_STEP_DAYS, progress: bool = False) -> MicroenvironmentState:
+    """``state`` (at ``from_day``) advanced to ``until_day`` under ``schedule``, keeping only the last state."""
+    span = until_day - from_day
+    if span == 0:
+        return state
+    return simulate_microenvironment(state, schedule, span, parameters, output_every_days=span, start_day=from_day,
+                                     max_time_step_days=max_time_step_days, progress=progress).state(-1)
 
 
 def _quasi_steady(n: np.ndarray, m: np.ndarray, t: float, schedule: Schedule, spacing_mm: float,

@@ -1,0 +1,1 @@
+"""Learned surrogates of the forward models."""
