@@ -88,7 +88,7 @@ class DatasetDesign:
             of one hour. DENT recorded every 30 minutes (1/48); DENT's pairs only use states one day apart and
             one hour after injections, which are stored whatever this is, so the default is one day: a
             full-size case then holds 16 maps, 6.2 MB, instead of 341, 131 MB. It hardly changes the run time
-            (about two minutes per full-size case, almost all in the sparse solves): the model steps every 30
+            (about 12 s per full-size case, 60 % of it in the sparse solves): the model steps every 30
             minutes regardless.
         parameters: the model's constants.
 
