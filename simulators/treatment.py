@@ -31,6 +31,8 @@ import numpy as np
 
 Agent = Literal["antiangiogenic", "chemotherapy"]
 AGENTS: tuple[str, ...] = get_args(Agent)
+DOSE_TIME_TOLERANCE_DAYS = 1e-9
+"""Relative slack with which a time counts as at or after a dose day (absorbs the rounding of time loops)."""
 _DOSE_KEYS = {"day", "agent", "amount"}
 
 
@@ -102,7 +104,9 @@ class Schedule:
     def plasma_concentration(self, agent: Agent, t: float | np.ndarray,
                              plasma_time_constant_days: float) -> float | np.ndarray:
         """Plasma concentration of ``agent`` at time(s) ``t`` (days): Σ amount·exp(−(t − day)/τ) over the
-        agent's doses given at or before t, τ = ``plasma_time_constant_days`` the e-folding time."""
+        agent's doses given at or before t, τ = ``plasma_time_constant_days`` the e-folding time. "At" allows for
+        rounding: a time that a time loop computes as one ulp below a dose day (14.899999999999999 for 14.9) counts
+        as that day, within :data:`DOSE_TIME_TOLERANCE_DAYS`·max(1, |t|)."""
         if agent not in AGENTS:
             raise ValueError(f"unknown agent {agent!r}: the agents are {', '.join(AGENTS)}")
         if not plasma_time_constant_days > 0:
@@ -112,7 +116,7 @@ class Schedule:
         for dose in self.doses:
             if dose.agent == agent:
                 elapsed = times - dose.day
-                given = elapsed >= 0
-                total += np.where(given, dose.amount * np.exp(-np.where(given, elapsed, 0.0)
+                given = elapsed >= -DOSE_TIME_TOLERANCE_DAYS * np.maximum(1.0, np.abs(times))
+                total += np.where(given, dose.amount * np.exp(-np.where(given, np.maximum(elapsed, 0.0), 0.0)
                                                               / plasma_time_constant_days), 0.0)
         return float(total) if total.ndim == 0 else total

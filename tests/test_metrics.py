@@ -70,6 +70,9 @@ def test_forecast_scores_per_day_and_channel():
     assert np.isinf(scores.psnr[0]).all() and scores.ssim[0] == pytest.approx(np.ones(5))
     np.testing.assert_allclose(scores.tumour_density_ape, [0.0, 0.0, 2.0], atol=1e-9)
     assert scores.mean_ssim[1] < 1.0 and scores.mean_psnr.shape == (3,)
+    lost = predicted.copy()
+    lost[2, 0] = 0.2  # day 2: the forecast loses a tumour the truth still has
+    assert forecast_scores(lost, truth, ranges).tumour_density_ape[2] == pytest.approx(100.0)
     with pytest.raises(ValueError, match="one value per channel"):
         forecast_scores(predicted, truth, ranges[:4])
     with pytest.raises(ValueError, match="data_range must be positive"):

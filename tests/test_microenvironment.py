@@ -152,6 +152,20 @@ def test_systems_off_five_diagonals_or_breaking_the_factorisation_take_the_direc
         SteadyBalance(diffusion, source[:80], sink[:80])
 
 
+def test_chemotaxis_moves_vessels_up_the_tumour_gradient(measured):
+    """With uniform vessels m = 1 (a rest state of the island term), no vessel diffusion and no angiogenesis, only
+    −χ∇·(m∇n) moves vessels: towards the tumour's peak, away from its flanks."""
+    parameters = MicroenvironmentParameters(vessel_diffusion=0.0, angiogenesis=0.0)
+    x = (np.arange(SHAPE[0]) - SHAPE[0] // 2) * SPACING_MM
+    n = 0.9 * np.exp(-(x[:, None] ** 2 + x[None, :] ** 2) / (2 * 0.5**2))
+    zeros = np.zeros(SHAPE)
+    start = MicroenvironmentState(n=n, m=np.ones(SHAPE), P=zeros, A=zeros, d=zeros, spacing_mm=SPACING_MM)
+    m = simulate_microenvironment(start, Schedule(), 0.5, parameters, output_every_days=0.5).state(-1).m
+    centre = m[SHAPE[0] // 2, SHAPE[1] // 2]
+    measured("vessel density at the tumour's peak after half a day of chemotaxis", f"{centre:.4f}")
+    assert centre > 1.0 + 1e-3 and m.min() < 1.0
+
+
 def test_the_seed_is_the_virtual_patient():
     first, again, other = (initial_state(SHAPE, seed=seed, spacing_mm=SPACING_MM) for seed in (3, 3, 4))
     np.testing.assert_array_equal(first.m, again.m)

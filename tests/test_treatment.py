@@ -39,6 +39,13 @@ def test_plasma_concentration_jumps_by_the_amount_and_falls_by_e_in_one_time_con
     assert later == pytest.approx(3.0 / math.e, rel=1e-12)  # an e-folding time, not a half-life (that gives 1.5)
 
 
+def test_a_dose_acts_at_a_time_a_loop_rounds_to_one_ulp_below_its_day():
+    schedule = Schedule((Dose(14.9, "antiangiogenic", 1.0),))
+    rounded = float(np.nextafter(14.9, 0.0))  # 14.899999999999999, as a time loop can compute the dose day
+    assert schedule.plasma_concentration("antiangiogenic", rounded, 1.0) == pytest.approx(1.0)
+    assert schedule.plasma_concentration("antiangiogenic", 14.9 - 1e-6, 1.0) == 0.0
+
+
 def test_plasma_concentrations_add_over_doses_and_keep_agents_apart():
     schedule = Schedule((Dose(0.0, "antiangiogenic", 1.0), Dose(1.0, "antiangiogenic", 2.0),
                          Dose(0.5, "chemotherapy", 4.0)))

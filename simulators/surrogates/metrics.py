@@ -113,6 +113,9 @@ def forecast_scores(predicted: np.ndarray, truth: np.ndarray, data_range: np.nda
         truth: simulated maps, same shape.
         data_range: one positive span per channel, ``[5]`` (e.g. max − min of the training data).
         threshold: tumour cells are those with n above it (see :func:`tumour_cell_density`).
+
+    A forecast with no cell above ``threshold`` where the truth has some gets density 0 (an error of 100 %); the
+    error is NaN only where the truth has no tumour.
     """
     predicted, truth = np.asarray(predicted), np.asarray(truth)
     data_range = np.asarray(data_range, dtype=np.float64)
@@ -129,6 +132,9 @@ def forecast_scores(predicted: np.ndarray, truth: np.ndarray, data_range: np.nda
     tumour = FIELDS.index("n")
     density_pred = np.array([tumour_cell_density(predicted[day, tumour], threshold) for day in range(days)])
     density_true = np.array([tumour_cell_density(truth[day, tumour], threshold) for day in range(days)])
+    # a forecast that loses a tumour the truth still has scores its density as 0 (100 % error), never NaN:
+    # NaN would drop the worst forecasts from a mean
+    density_pred = np.where(np.isnan(density_pred) & ~np.isnan(density_true), 0.0, density_pred)
     return ForecastScores(ssim=structural.reshape(days, channels), psnr=peak.reshape(days, channels),
                           tumour_density_pred=density_pred, tumour_density_true=density_true,
                           tumour_density_ape=np.asarray(absolute_percentage_error(density_pred, density_true))
