@@ -13,6 +13,7 @@ from personalize.microenvironment_run import grow_and_treat
 from simulators.microenvironment import FIELDS, agent_balance, grow, initial_state
 from simulators.surrogates.dent_dataset import (
     DIFFUSER_SPAN_DAYS,
+    Case,
     DatasetDesign,
     extract_pairs,
     generate_cases,
@@ -56,6 +57,17 @@ def test_generation_is_resumable_and_a_lost_case_comes_back_identical(dataset):
     assert not list(folder.glob(".*.tmp"))
     with pytest.raises(ValueError, match="grid differ"):
         generate_cases(dataclasses.replace(DESIGN, grid=21), folder, progress=False)
+
+
+def test_a_folder_of_cases_of_unknown_settings_is_refused(tmp_path):
+    (tmp_path / "patient001_start2_aa1_chemo1.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match="no design.json"):
+        generate_cases(DESIGN, tmp_path, progress=False)
+
+
+def test_case_file_names_are_distinct_for_distinct_levels():
+    names = {Case(1, 14.0, level, 1.0).file_name for level in (1.0, 1.0000001, 0.5)}
+    assert len(names) == 3 and "patient001_start14_aa1_chemo1.npz" in names
 
 
 def test_a_case_is_one_uninterrupted_run_from_day_zero(dataset):
@@ -110,10 +122,16 @@ def test_diffuser_pairs_span_the_hour_after_each_injection(dataset, pairs):
 def test_elapser_pairs_run_from_one_treatment_day_to_the_next(dataset, pairs):
     _, elapser = pairs
     assert len(elapser) == 3 * 4 and np.all(elapser.doses == 0)
-    np.testing.assert_allclose(elapser.day[:3], [2.0 + DIFFUSER_SPAN_DAYS, 3.0, 4.0 + DIFFUSER_SPAN_DAYS])
+    np.testing.assert_allclose(elapser.day[:3], [2.0, 3.0, 4.0])
     case = load_case(dataset[1].files[0])
     daily = case.daily_states()
-    np.testing.assert_array_equal(elapser.before[0], case.state_at(2.0 + DIFFUSER_SPAN_DAYS))
+    # an injection day starts where the rollout stands after the Diffuser: n, m, P before the injection,
+    # A and d one hour after it
+    after_hour = case.state_at(2.0 + DIFFUSER_SPAN_DAYS)
+    n_m_p, a_d = [FIELDS.index(name) for name in ("n", "m", "P")], [FIELDS.index(name) for name in ("A", "d")]
+    np.testing.assert_array_equal(elapser.before[0][n_m_p], case.before_injection[0][n_m_p])
+    np.testing.assert_array_equal(elapser.before[0][a_d], after_hour[a_d])
+    assert np.abs(after_hour[a_d] - case.before_injection[0][a_d]).max() > 0.1
     np.testing.assert_array_equal(elapser.after[0], daily[1])
     np.testing.assert_array_equal(elapser.before[1], daily[1])
     np.testing.assert_array_equal(elapser.after[1], case.before_injection[1])  # day 4, before its injection

@@ -37,8 +37,9 @@ day t + 1 (t = start_day + k) is:
 2. the Elapser, one day ahead.
 
 The state reported for day t + 1 is the Elapser's output: the state at t + 1 before any injection of that day, as
-:mod:`simulators.surrogates.dent_dataset` pairs it (from the state one hour after day t's injection, if any, else
-the state at t, to day t + 1 just before its injections; its case trajectories report the same daily states). The
+:mod:`simulators.surrogates.dent_dataset` pairs it (from the state at t, with A and d one hour after day t's
+injection where there is one — exactly what the Diffuser hands on — to day t + 1 just before its injections; its
+case trajectories report the same daily states). The
 input at ``start_day`` must be the state before the injections of ``start_day`` (from an untreated run, say; not
 the simulator's state at a dose's day, whose A and d already hold that dose: its plasma counts doses with day ≤ t).
 Doses before ``start_day`` must already be in the input's A and d; doses on or after ``start_day + days`` lie
@@ -60,13 +61,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from simulators.microenvironment import FIELDS, MicroenvironmentState, Trajectory
-from simulators.surrogates.pairs import AGENTS, DentPairs
+from simulators.surrogates.pairs import AGENTS, DIFFUSED, DentPairs
 from simulators.treatment import Schedule
 
 KERNEL = 5
 """Convolution kernel size (Koyuncu et al. 2022)."""
-DIFFUSED = ("A", "d")
-"""The channels the Diffuser predicts."""
 NETWORKS = tuple(f"diffuser {name}" for name in DIFFUSED) + tuple(f"elapser {name}" for name in FIELDS)
 """Names of the seven CNNs, the column order of :class:`TrainingHistory` and :meth:`DentSurrogate.losses`."""
 _FORMAT = "dent-surrogate-1"

@@ -11,6 +11,8 @@ from simulators.microenvironment import FIELDS
 
 AGENTS = ("antiangiogenic", "chemotherapy")
 """Order of the dose columns."""
+DIFFUSED = ("A", "d")
+"""The channels an injection changes within the Diffuser's hour; n, m and P pass through it unchanged."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -19,9 +21,9 @@ class DentPairs:
     :data:`simulators.microenvironment.FIELDS` order (n, m, P, A, d), float32 ``[N, 5, X, Y]``.
 
     Diffuser pairs are one hour apart across an injection of ``doses[i]`` (amounts of :data:`AGENTS`);
-    Elapser pairs run from day k to day k + 1 with no injection in between (``doses`` all zero): from day k
-    itself, or from one hour after day k's injection (23 h) where there is one. ``day[i]`` is the simulated
-    day of ``before[i]``.
+    Elapser pairs run from day k to day k + 1 with no injection in between (``doses`` all zero). On a day with an
+    injection ``before`` is what a rollout holds after the Diffuser: n, m and P just before the injection and the
+    :data:`DIFFUSED` maps one hour after it. ``day[i]`` is day k.
     """
 
     before: np.ndarray
