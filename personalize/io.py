@@ -17,7 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from simulators.nifti import AFFINE_TOLERANCE_MM, NiftiError, Volume, check_same_grid, read_volume, write_like
+from simulators.nifti import NiftiError, Volume, check_same_grid, read_volume, write_like
 
 PathLike = str | os.PathLike[str]
 
