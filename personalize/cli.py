@@ -84,8 +84,9 @@ def _simulate_fisher_kolmogorov(args: argparse.Namespace) -> None:
 
 
 def _simulate_microenvironment(args: argparse.Namespace) -> None:
-    from personalize.microenvironment_run import DEFAULT_OUTPUT_EVERY_DAYS, load_schedule, run_microenvironment
+    from personalize.microenvironment_run import DEFAULT_OUTPUT_EVERY_DAYS, run_microenvironment
     from simulators.microenvironment import DEFAULT_SPACING_MM
+    from simulators.treatment import Schedule
 
     _refuse_other_models_options(args, _FK_ONLY, "microenvironment")
     if args.schedule is None:
@@ -95,7 +96,7 @@ def _simulate_microenvironment(args: argparse.Namespace) -> None:
     except ValueError:
         raise ValueError(f"--seed for --model microenvironment is a non-negative integer (the virtual patient), "
                          f"got {args.seed!r}") from None
-    schedule = load_schedule(args.schedule)
+    schedule = Schedule.from_toml(args.schedule)
     record = run_microenvironment(
         schedule, args.out, grid=151 if args.grid is None else args.grid,
         spacing_mm=DEFAULT_SPACING_MM if args.spacing is None else args.spacing, seed=seed,

@@ -89,22 +89,6 @@ class MicroenvironmentRecord:
     burden_last_mm2: float
 
 
-def load_schedule(path: str | os.PathLike[str]) -> Schedule:
-    """The schedule of a TOML file (see :meth:`Schedule.from_toml`); ``dose = []`` is no treatment.
-
-    Raises:
-        ValueError: the file cannot be read, is not UTF-8 TOML, or holds a bad dose; the message names it.
-    """
-    try:
-        return Schedule.from_toml(path)
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not valid TOML (not UTF-8 text)") from None
-    except FileNotFoundError:
-        raise ValueError(f"{path}: schedule file not found") from None
-    except OSError as error:
-        raise ValueError(f"{path}: cannot read the schedule ({error.strerror or error})") from None
-
-
 def schedule_doses(schedule: Schedule) -> list[dict[str, float | str]]:
     """The doses as JSON-ready records ``{"day", "agent", "amount"}``, sorted by day."""
     return [{"day": dose.day, "agent": dose.agent, "amount": dose.amount} for dose in schedule.doses]

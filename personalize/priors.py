@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -55,6 +54,7 @@ from torch.distributions.transforms import (
 )
 
 from simulators.nifti import AFFINE_TOLERANCE_MM, grid_offset_mm
+from simulators.toml_file import read_toml
 
 PathLike = str | os.PathLike[str]
 
@@ -217,15 +217,10 @@ def read_bounds_toml(path: PathLike) -> dict[str, tuple[float, float]]:
     Other tables are ignored (the file may configure more than the prior).
 
     Raises:
-        ValueError: the file is not valid TOML, has no ``[bounds]`` table, or holds an entry that is not a
+        ValueError: the file is missing or not valid TOML, has no ``[bounds]`` table, or holds an entry that is not a
             pair of numbers or that :func:`check_bounds` refuses; the message names the file.
     """
-    try:
-        with open(path, "rb") as handle:
-            document = tomllib.load(handle)
-    except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"{path}: not valid TOML ({error})") from None
-    table = document.get("bounds")
+    table = read_toml(path).get("bounds")
     if not isinstance(table, dict):
         raise ValueError(f"{path}: no [bounds] table (expected e.g. '[bounds]' then 'D_w = [0.05, 1.0]')")
     result: dict[str, tuple[float, float]] = {}

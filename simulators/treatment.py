@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
+
+from simulators.toml_file import read_toml
 
 Agent = Literal["antiangiogenic", "chemotherapy"]
 AGENTS: tuple[str, ...] = get_args(Agent)
@@ -76,15 +77,10 @@ class Schedule:
         """The schedule of a TOML file of ``[[dose]]`` tables with keys ``day``, ``agent``, ``amount``.
 
         Raises:
-            ValueError: the file is not valid TOML, holds no ``[[dose]]`` array, or a dose with missing,
+            ValueError: the file is missing or not valid TOML, holds no ``[[dose]]`` array, or a dose with missing,
                 unknown or invalid keys; the message names the file and the dose.
         """
-        try:
-            with open(path, "rb") as handle:
-                document = tomllib.load(handle)
-        except tomllib.TOMLDecodeError as error:
-            raise ValueError(f"{path}: not valid TOML ({error})") from None
-        entries = document.get("dose")
+        entries = read_toml(path).get("dose")
         if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
             raise ValueError(f"{path}: no [[dose]] tables (expected e.g. '[[dose]]' then 'day = 14.0', "
                              "'agent = \"chemotherapy\"', 'amount = 1.0')")

@@ -11,13 +11,13 @@ from personalize.microenvironment_run import (
     default_start_day,
     grow_and_treat,
     regional_measures,
-    time_step_days,
 )
 from simulators.microenvironment import (
     MicroenvironmentParameters,
     MicroenvironmentState,
     initial_state,
     simulate_microenvironment,
+    time_step_days,
 )
 from simulators.treatment import Dose, Schedule
 

@@ -29,8 +29,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from personalize.microenvironment_run import grow, load_schedule, regional_measures, schedule_doses  # noqa: E402
-from simulators.microenvironment import initial_state, simulate_microenvironment  # noqa: E402
+from personalize.microenvironment_run import regional_measures, schedule_doses  # noqa: E402
+from simulators.microenvironment import grow, initial_state, simulate_microenvironment  # noqa: E402
 from simulators.treatment import Schedule  # noqa: E402
 
 parser = argparse.ArgumentParser()
@@ -49,7 +49,7 @@ out.mkdir(parents=True, exist_ok=True)
 # the anti-angiogenic arm keeps its anti-angiogenic doses only.
 
 # %%
-combined = load_schedule(Path(__file__).resolve().parent / "schedules" / "dent_example.toml")
+combined = Schedule.from_toml(Path(__file__).resolve().parent / "schedules" / "dent_example.toml")
 arms = {
     "untreated": Schedule(),
     "anti-angiogenic": Schedule(tuple(dose for dose in combined.doses if dose.agent == "antiangiogenic")),
