@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from likelihoods.masks import detection_probability
+from likelihoods.imaging import MASK_MODELS, draw_scans
 from simulators.anatomy import Anatomy
 from simulators.fisher_kolmogorov import PARAMETER_NAMES, PARAMETER_UNITS, FisherKolmogorov
 from simulators.nifti import write_nifti
@@ -42,8 +42,6 @@ BUILT_IN_CASE: dict[str, float] = {
 """The built-in case: a right frontal tumour on the default atlas, with GliomaSolver's imaging defaults
 for the thresholds and PET scale and a PET noise in the middle of the prior."""
 
-
-MASK_MODELS = ("threshold", "detection")
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,29 +93,16 @@ def synthesize(
     simulator = simulator or FisherKolmogorov()
     params = torch.tensor([[truth[name] for name in PARAMETER_NAMES]], dtype=torch.float32)
     density = simulator.simulate(params, anatomy)[0].numpy()
-    rng = np.random.default_rng(seed)
-    t1gd, flair = (_mask(density, truth[name], truth.get("sigma_alpha"), masks, rng) for name in ("u_t1gd", "u_flair"))
+    scans = draw_scans(torch.from_numpy(density)[None], {name: truth[name] for name in needed[len(PARAMETER_NAMES):]},
+                       torch.from_numpy(anatomy.tissue > 0), masks=masks, with_pet=with_pet,
+                       generator=torch.Generator().manual_seed(seed))
+    t1gd, flair = scans.t1gd[0].numpy(), scans.flair[0].numpy()
     if not t1gd.any() or not flair.any():
         raise ValueError(f"the tumour never exceeds u_t1gd = {truth['u_t1gd']} (maximum {density.max():.3f}): "
                          "nothing would show on T1Gd; grow it longer or faster")
-    pet = None
-    if with_pet:
-        if not truth["pet_sigma"] >= 0:
-            raise ValueError(f"pet_sigma must be >= 0, got {truth['pet_sigma']}")
-        noise = rng.normal(0.0, truth["pet_sigma"], density.shape)
-        pet = np.where(anatomy.tissue > 0, np.clip(truth["pet_scale"] * density + noise, 0.0, None), 0.0)
-        pet = pet.astype(np.float32)
+    pet = None if scans.pet is None else scans.pet[0].numpy()
     used = {name: float(truth[name]) for name in needed}
     return SyntheticPatient(anatomy=anatomy, density=density, t1gd=t1gd, flair=flair, pet=pet, truth=used)
-
-
-def _mask(density: np.ndarray, u_c: float, sigma_alpha: float | None, model: str,
-          rng: np.random.Generator) -> np.ndarray:
-    """A binary mask of ``density`` under the mask model ``model`` (float32 0/1)."""
-    if model == "threshold":
-        return (density > u_c).astype(np.float32)
-    alpha = detection_probability(torch.from_numpy(density).unsqueeze(0), u_c, sigma_alpha, clamp=0.0)[0].numpy()
-    return (rng.random(density.shape) < alpha).astype(np.float32)
 
 
 def write_synthetic(patient: SyntheticPatient, out: str | os.PathLike[str]) -> dict[str, Path]:
