@@ -18,7 +18,7 @@ import torch
 from simulators.stencil import set_threads
 
 BatchFunction = Callable[[torch.Tensor], torch.Tensor]
-"""``f(theta[N, P]) -> Tensor[N]``, e.g. a log-likelihood over a batch of parameters."""
+"""``f(theta[N, P]) -> Tensor[N, ...]``: a log-likelihood, or simulated scans, over a batch of parameters."""
 
 
 def local_executor(workers: int | None = None) -> Executor | None:
@@ -41,7 +41,8 @@ def evaluate(
     executor: Executor | None = None,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """``f`` on every row of ``theta`` in chunks of ``chunk_size`` rows, results in the order of the rows.
+    """``f`` on every row of ``theta`` in chunks of ``chunk_size`` rows, results in the order of the rows
+    (a ``Tensor[N]`` for a log-likelihood, ``Tensor[N, ...]`` for a simulator).
 
     Serial (one call per chunk) when ``executor`` is None. ``chunk_size`` defaults to the whole batch
     when serial and to an even split over ``os.cpu_count()`` chunks with an executor.
@@ -53,4 +54,4 @@ def evaluate(
         chunk_size = n if executor is None else math.ceil(n / (os.cpu_count() or 1))
     chunks = theta.split(chunk_size)
     results = map(f, chunks) if executor is None else executor.map(f, chunks)
-    return torch.cat([result.reshape(-1) for result in results])
+    return torch.cat(list(results))
