@@ -29,15 +29,36 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from likelihoods.imaging import MASK_MODELS
 from personalize.cli import _parameter_values
 from personalize.fit import FitSettings, dice, fit
-from personalize.io import load_observation
-from personalize.synth import BUILT_IN_CASE, MASK_MODELS, synthesize, write_synthetic
+from personalize.io import Observation, load_observation
+from personalize.synth import BUILT_IN_CASE, synthesize, write_synthetic
 from simulators.anatomy import Anatomy
 from simulators.atlas import default_atlas
 from simulators.stencil import set_threads
 
 COVERED = {"mu1": "mu_1", "mu2": "mu_2", "x": "x", "y": "y", "z": "z", "u_t1gd": "u_t1gd", "u_flair": "u_flair"}
+
+
+def synthetic_patient(truth: dict[str, float], folder: Path, *, seed: int, masks: str) -> tuple[Observation, Anatomy]:
+    """Grow ``truth`` on the default atlas at 2 mm, write its scans into ``folder`` and read them back as a
+    user's fit would: the observation and the tissue maps."""
+    patient = synthesize(truth, default_atlas(spacing_mm=2.0), seed=seed, masks=masks)
+    paths = write_synthetic(patient, folder)
+    volumes = patient.visible_volumes_ml
+    print(f"synthetic patient: T1Gd {volumes['t1gd']:.1f} mL, FLAIR {volumes['flair']:.1f} mL, in {folder}")
+    return (load_observation(paths["t1gd"], paths["flair"], paths["pet"]),
+            Anatomy.from_nifti(paths["wm"], paths["gm"], paths["csf"]))
+
+
+def covered_truths(parameters: dict[str, dict[str, float]], truth: dict[str, float],
+                   names: dict[str, str] = COVERED) -> dict[str, bool]:
+    """``{"covered_<key>": q05 <= truth <= q95}`` for each of ``names`` (key → parameter, μ₁ and μ₂ derived)."""
+    true_values = dict(truth, mu_1=float(np.sqrt(truth["D_w"] * truth["T"])),
+                       mu_2=float(np.sqrt(truth["rho"] * truth["T"])))
+    return {f"covered_{key}": bool(parameters[name]["q05"] <= true_values[name] <= parameters[name]["q95"])
+            for key, name in names.items()}
 
 
 def main() -> None:
@@ -59,32 +80,25 @@ def main() -> None:
 
     truth = BUILT_IN_CASE | _parameter_values(args.param)
     folder = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="fit-synthetic-"))
-    patient = synthesize(truth, default_atlas(spacing_mm=2.0), seed=args.seed, masks=args.masks)
-    paths = write_synthetic(patient, folder / "patient")
-    volumes = patient.visible_volumes_ml
-    print(f"synthetic patient: T1Gd {volumes['t1gd']:.1f} mL, FLAIR {volumes['flair']:.1f} mL, in {paths['t1gd'].parent}")
-
+    started = time.perf_counter()
+    observation, tissue = synthetic_patient(truth, folder / "patient", seed=args.seed, masks=args.masks)
     settings = FitSettings(n_samples=args.samples, chain_steps=args.chain_steps, coarse_levels=args.coarse_levels, switch_exponent=args.switch,
                            workers=args.workers, seed=args.seed)
-    started = time.perf_counter()
-    observation = load_observation(paths["t1gd"], paths["flair"], paths["pet"])
-    tissue = Anatomy.from_nifti(paths["wm"], paths["gm"], paths["csf"])
     result = fit(observation, folder / "fit", tissue=tissue, settings=settings, truth=truth)
     wall_s = time.perf_counter() - started
 
     parameters = result.summary["parameters"]
     true_values = dict(truth, mu_1=float(np.sqrt(truth["D_w"] * truth["T"])),
                        mu_2=float(np.sqrt(truth["rho"] * truth["T"])))
+    checked = COVERED | ({"sigma_alpha": "sigma_alpha"} if args.masks == "detection" else {})
+    covered = covered_truths(parameters, truth, checked)
     print(f"{'parameter':<12}{'truth':>10}{'q05':>10}{'MAP':>10}{'q95':>10}  covered")
-    covered = {}
-    checked = COVERED | ({"sigma_alpha": "sigma_alpha"} if "sigma_alpha" in patient.truth else {})
     for key, name in checked.items():
         entry = parameters[name]
-        covered[f"covered_{key}"] = bool(entry["q05"] <= true_values[name] <= entry["q95"])
         print(f"{name:<12}{true_values[name]:>10.4g}{entry['q05']:>10.4g}{entry['map']:>10.4g}{entry['q95']:>10.4g}"
               f"  {covered[f'covered_{key}']}")
     map_density = np.asarray(nib.load(result.files["map_density"]).dataobj)
-    true_density = np.asarray(nib.load(paths["true_density"]).dataobj)
+    true_density = np.asarray(nib.load(folder / "patient" / "true_density.nii.gz").dataobj)
     scores = {
         "dice_flair": dice(map_density > truth["u_flair"], true_density > truth["u_flair"]),
         "dice_t1gd": dice(map_density > truth["u_t1gd"], true_density > truth["u_t1gd"]),

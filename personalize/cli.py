@@ -13,8 +13,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from personalize.fit import FitSettings
-from personalize.synth import MASK_MODELS
+from likelihoods.imaging import MASK_MODELS
+from personalize.embedding import EMBEDDINGS
+from personalize.fit import METHODS, FitSettings
+from personalize.npe import ESTIMATORS
 from personalize.tmcmc import StageLimitReached
 from simulators.fisher_kolmogorov import FisherKolmogorov
 from simulators.nifti import NiftiError
@@ -175,7 +177,8 @@ def _fit(args: argparse.Namespace) -> None:
         seed_margin_mm=args.seed_margin, n_samples=args.samples, chain_steps=args.chain_steps,
         max_stages=args.max_stages, n_predictive=args.predictive, thresholds=tuple(args.threshold or
         FitSettings.thresholds), seed=args.seed, workers=args.workers, chunk_size=args.chunk_size,
-        device=args.device)
+        device=args.device, estimator=args.estimator, rounds=args.rounds, simulations=args.simulations,
+        npe_draws=args.npe_draws, npe_max_epochs=args.max_epochs, embedding=args.embedding, scan_masks=args.scan_masks, pool=args.pool)
     bounds = parse_bound_overrides(args.bound)
     truth = truth_from_json(args.truth) if args.truth else None
     observation = load_observation(args.t1gd, args.flair, args.pet, labels=args.labels, core=True)
@@ -185,12 +188,23 @@ def _fit(args: argparse.Namespace) -> None:
     summary = result.summary
     print(summary_table(summary))
     quality = summary["map_fit"]
-    print(f"MAP Dice: T1Gd {quality['dice_t1gd']:.3f}, FLAIR {quality['dice_flair']:.3f}; "
+    print(f"MAP Dice: T1Gd {quality['dice_t1gd']:.3f}, FLAIR {quality['dice_flair']:.3f} ({summary['method']}); "
           f"{summary['n_simulations']} simulations in {summary['wall_s']:.0f} s; wrote {args.out}")
     wall, lowest = quality["density_at_crop_wall"], min(settings.thresholds)
     if wall > lowest:
         print(f"warning: the MAP tumour reaches the working box's wall (density {wall:.3f} > {lowest:g}); "
               f"the crop, not the anatomy, bounds it there: refit with --margin above {settings.margin_mm:g}")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from personalize.compare import compare_runs
+
+    comparison = compare_runs(args.runs, args.out, n_samples=args.samples, seed=args.seed)
+    print(f"{'run a':<28}{'run b':<28}{'C2ST':>7}{'Dice FLAIR':>12}{'Dice T1Gd':>11}")
+    for pair in comparison.pairs:
+        print(f"{pair.a:<28}{pair.b:<28}{pair.c2st:>7.3f}{pair.dice_flair:>12.3f}{pair.dice_t1gd:>11.3f}")
+    print(f"C2ST over {', '.join(comparison.pairs[0].c2st_parameters)} ({comparison.n_samples} draws per run); "
+          f"wrote {comparison.files['comparison']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -291,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     tissue.add_argument("--gm", help="grey-matter map (NIfTI, probabilities or binary)")
     tissue.add_argument("--csf", help="CSF map (NIfTI, optional)")
     engine = fit.add_argument_group("inference")
-    engine.add_argument("--method", choices=("tmcmc",), default="tmcmc", help="inference engine (default tmcmc)")
+    engine.add_argument("--method", choices=METHODS, default="tmcmc",
+                        help="inference engine: tmcmc (likelihood-based) or npe (sequential neural posterior "
+                             "estimation, likelihood learned from simulated scans); default tmcmc")
     engine.add_argument("--convention", choices=("thesis", "gliomasolver"), default="thesis",
                         help="likelihood form (default thesis: Lipkova's Eq. 6 and PET ~ N(b u, sigma^2))")
     engine.add_argument("--samples", type=int, default=FitSettings.n_samples, help="TMCMC population size")
@@ -299,6 +315,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Metropolis steps per chain and stage")
     engine.add_argument("--max-stages", type=int, default=FitSettings.max_stages, help="TMCMC stage limit")
     engine.add_argument("--seed", type=int, default=0, help="random seed (the fit is reproducible)")
+    npe = fit.add_argument_group("sequential NPE (--method npe)")
+    npe.add_argument("--estimator", choices=ESTIMATORS, default=FitSettings.estimator,
+                     help="mdn (mixture density network, default), nsf (spline flow), npse (score-based "
+                          "diffusion) or fmpe (flow matching)")
+    npe.add_argument("--rounds", type=int, default=FitSettings.rounds, help="simulation rounds (default 4)")
+    npe.add_argument("--simulations", type=int, default=FitSettings.simulations,
+                     help="simulations per round (default 1000)")
+    npe.add_argument("--npe-draws", type=int, default=FitSettings.npe_draws,
+                     help="samples drawn from the final estimate (default 4000)")
+    npe.add_argument("--max-epochs", type=int, help="cap on training epochs per round (default: early stopping)")
+    npe.add_argument("--embedding", choices=EMBEDDINGS, default=FitSettings.embedding,
+                     help="how the network sees the scans: cnn (a 3D CNN trained jointly, default) or pooled "
+                          "(block averages)")
+    npe.add_argument("--scan-masks", choices=MASK_MODELS, default=FitSettings.scan_masks,
+                     help="simulated masks: threshold (u > u_c, default) or detection (Eq. 6's Bernoulli)")
+    npe.add_argument("--pool", type=int, default=FitSettings.pool,
+                     help="average the scans over pool^3 working voxels before the network (default 1)")
     engine.add_argument("--bound", action="extend", nargs="+", default=[], metavar="NAME=LOW:HIGH",
                         help="override a prior bound, e.g. D_w=0.05:1.0")
     engine.add_argument("--priors", help="TOML file with a [bounds] table of prior bounds")
@@ -323,6 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--quiet", action="store_true", help="no progress bars")
     output.add_argument("--out", required=True, help="output folder")
     fit.set_defaults(handler=_fit)
+
+    compare = commands.add_parser("compare", help="compare fits of one patient: C2ST, Wasserstein distances, "
+                                                  "Dice of the MAP densities, simulations and wall time")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="fit folders written by personalize fit (two or more)")
+    compare.add_argument("--samples", type=int, default=2000,
+                         help="equally weighted draws per run for C2ST (default 2000; fewer when a run has fewer)")
+    compare.add_argument("--seed", type=int, default=0, help="random seed of the draws and the classifier")
+    compare.add_argument("--out", required=True, help="output folder")
+    compare.set_defaults(handler=_compare)
     return parser
 
 

@@ -38,13 +38,17 @@ import numpy as np
 import torch
 
 from likelihoods.joint import JointLikelihood
-from personalize.executors import local_executor
+from personalize.embedding import EMBEDDINGS, embedding_net, network_input
+from personalize.executors import evaluate, local_executor
 from personalize.io import Observation, write_output
+from likelihoods.imaging import MASK_MODELS
+from personalize.npe import NPESettings, sequential_npe
 from personalize.posterior import Posterior
 from personalize.predictive import DEFAULT_THRESHOLDS, check_thresholds, posterior_predictive
 from personalize.priors import DEFAULT_SEED_MARGIN_MM, Prior
 from personalize.report import plot_orthogonal_slices, plot_pairs, plot_tempering
-from personalize.reparameterize import LikelihoodInCoordinates, LogCoordinates, PriorInCoordinates
+from personalize.scan_simulator import ScanSimulator, observed_scans
+from personalize.reparameterize import FunctionInCoordinates, LogCoordinates, PriorInCoordinates
 from personalize.tmcmc import tmcmc
 from personalize.working_grid import (
     DEFAULT_MARGIN_MM,
@@ -58,7 +62,7 @@ from personalize.working_grid import (
 from simulators.anatomy import Anatomy
 from simulators.fisher_kolmogorov import FisherKolmogorov
 
-METHODS = ("tmcmc",)
+METHODS = ("tmcmc", "npe")
 LOG_SCALED = ("D_w", "rho", "T")
 DERIVED_UNITS = {"mu_1": "mm", "mu_2": "1"}
 
@@ -69,7 +73,7 @@ class FitSettings:
     the built-in case within the time goal (see ``docs/fit.md``).
 
     Attributes:
-        method: the inference engine (``"tmcmc"``).
+        method: the inference engine, ``"tmcmc"`` or ``"npe"`` (:mod:`personalize.npe`).
         convention: likelihood form, ``"thesis"`` or ``"gliomasolver"`` (see :mod:`likelihoods.joint`).
         spacing_mm: working grid spacing (axes finer than this are coarsened).
         margin_mm: crop margin around the abnormality.
@@ -88,6 +92,14 @@ class FitSettings:
         workers: local processes evaluating each population (1: in this process, threads in the kernel).
         chunk_size: parameter sets simulated per batch.
         device: torch device of the simulations.
+        estimator: NPE's estimator (:data:`personalize.npe.ESTIMATORS`).
+        rounds: NPE's simulation rounds.
+        simulations: NPE's simulations per round.
+        npe_draws: samples drawn from NPE's final estimate.
+        npe_max_epochs: cap on NPE's training epochs per round (None: sbi's early stopping alone).
+        embedding: how NPE sees the scans (:data:`personalize.embedding.EMBEDDINGS`).
+        scan_masks: how NPE's simulated masks are made (:mod:`likelihoods.imaging`).
+        pool: NPE's scans are averaged over ``pool³`` working voxels before the embedding.
     """
 
     method: str = "tmcmc"
@@ -107,10 +119,23 @@ class FitSettings:
     workers: int = 1
     chunk_size: int = 64
     device: str = "cpu"
+    estimator: str = "mdn"
+    rounds: int = 4
+    simulations: int = 1000
+    npe_draws: int = 4000
+    npe_max_epochs: int | None = None
+    embedding: str = "cnn"
+    scan_masks: str = "threshold"
+    pool: int = 1
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; available: {', '.join(METHODS)}")
+        if self.embedding not in EMBEDDINGS:
+            raise ValueError(f"unknown embedding {self.embedding!r}; available: {', '.join(EMBEDDINGS)}")
+        if self.scan_masks not in MASK_MODELS:
+            raise ValueError(f"unknown scan_masks {self.scan_masks!r}; available: {', '.join(MASK_MODELS)}")
+        self.npe_settings()  # checks estimator, rounds, simulations, npe_draws
         object.__setattr__(self, "thresholds", check_thresholds(self.thresholds))
         for name in ("n_samples", "chain_steps", "max_stages", "n_predictive", "workers", "chunk_size"):
             if getattr(self, name) < 1:
@@ -123,6 +148,14 @@ class FitSettings:
             raise ValueError("n_samples must be >= 2")
         if not self.target_cov > 0:
             raise ValueError(f"target_cov must be > 0, got {self.target_cov}")
+        if self.pool < 1:
+            raise ValueError(f"pool must be >= 1, got {self.pool}")
+
+    def npe_settings(self) -> NPESettings:
+        """The sequential-NPE settings these fit settings imply."""
+        return NPESettings(estimator=self.estimator, rounds=self.rounds, simulations=self.simulations,
+                           n_posterior=self.npe_draws, max_epochs=self.npe_max_epochs, seed=self.seed,
+                           device=self.device)
 
 
 @dataclass(frozen=True)
@@ -221,19 +254,36 @@ def fit(
     prior = Prior.from_config(problem.anatomy, problem.scans, bounds, bounds_toml, settings.seed_margin_mm)
     joint = JointLikelihood(convention=settings.convention)
     likelihood = ImageLogLikelihood(simulator, problem.anatomy, problem.scans, joint, prior.names, settings.device)
+    checkpoint = out / "checkpoint"
+    prepare_checkpoint(checkpoint, fingerprint(problem, prior, settings), resume)
+    engine = tmcmc_posterior if settings.method == "tmcmc" else npe_posterior
+    posterior = engine(problem, prior, likelihood, settings, checkpoint=checkpoint, resume=resume, progress=progress)
+    return write_fit(problem, prior, posterior, likelihood, settings, out, started=started, progress=progress,
+                     truth=truth)
+
+
+def tmcmc_posterior(
+    problem: WorkingProblem,
+    prior: Prior,
+    likelihood: ImageLogLikelihood,
+    settings: FitSettings,
+    *,
+    checkpoint: Path,
+    resume: bool,
+    progress: bool,
+) -> Posterior:
+    """Multilevel TMCMC in log coordinates (:func:`personalize.tmcmc.tmcmc`), back in physical units."""
     coarse = []
     for level in range(settings.coarse_levels, 0, -1):  # coarsest first
         cheap = problem.coarsened(2**level)
-        coarse.append(ImageLogLikelihood(simulator, cheap.anatomy, cheap.scans, joint, prior.names, settings.device,
+        coarse.append(ImageLogLikelihood(likelihood.simulator, cheap.anatomy, cheap.scans, likelihood.likelihood,
+                                         prior.names, settings.device,
                                          weight=cheap.voxel_volume_mm3 / problem.voxel_volume_mm3))
     coordinates = LogCoordinates.of(prior.names, LOG_SCALED)
-    checkpoint = out / "checkpoint"
-    prepare_checkpoint(checkpoint, fingerprint(problem, prior, settings), resume)
-
     executor = local_executor(settings.workers)
     try:
         sampled = tmcmc(
-            LikelihoodInCoordinates(likelihood, coordinates),
+            FunctionInCoordinates(likelihood, coordinates),
             PriorInCoordinates(prior, coordinates),
             n_samples=settings.n_samples,
             seed=settings.seed,
@@ -247,20 +297,59 @@ def fit(
             progress=progress,
             max_stages=settings.max_stages,
             units=prior.units,
-            coarse_log_likelihoods=[LikelihoodInCoordinates(level, coordinates) for level in coarse],
+            coarse_log_likelihoods=[FunctionInCoordinates(level, coordinates) for level in coarse],
             switch_exponents=[settings.switch_exponent] * len(coarse),
         )
     finally:
         if executor is not None:
             executor.shutdown()
+    return in_physical_units(sampled, coordinates)
+
+
+def in_physical_units(sampled: Posterior, coordinates: LogCoordinates) -> Posterior:
+    """A posterior sampled in log coordinates z, in physical units θ; the density of θ lacks z's Jacobian."""
     z = torch.from_numpy(sampled.samples)
-    posterior = replace(  # back to physical units; the density of θ lacks z's Jacobian term
-        sampled,
-        samples=coordinates.to_physical(z).numpy(),
-        log_density=sampled.log_density - coordinates.log_abs_det_jacobian(z).numpy(),
-    )
-    return write_fit(problem, prior, posterior, likelihood, settings, out, started=started, progress=progress,
-                     truth=truth)
+    return replace(sampled, samples=coordinates.to_physical(z).numpy(),
+                   log_density=sampled.log_density - coordinates.log_abs_det_jacobian(z).numpy())
+
+
+def npe_posterior(
+    problem: WorkingProblem,
+    prior: Prior,
+    likelihood: ImageLogLikelihood,
+    settings: FitSettings,
+    *,
+    checkpoint: Path,
+    resume: bool,
+    progress: bool,
+) -> Posterior:
+    """Sequential NPE (:func:`personalize.npe.sequential_npe`) in log coordinates on simulated scans
+    (:class:`personalize.scan_simulator.ScanSimulator`), its samples and estimated densities in physical units."""
+    coordinates = LogCoordinates.of(prior.names, LOG_SCALED)
+    scans = ScanSimulator(likelihood, masks=settings.scan_masks, pool=settings.pool, seed=settings.seed)
+    x_o = observed_scans(problem.scans, settings.pool)
+    simulate = FunctionInCoordinates(scans, coordinates)
+    executor = local_executor(settings.workers)
+
+    def simulate_all(z: torch.Tensor) -> torch.Tensor:
+        x = evaluate(simulate, z.double(), executor=executor, chunk_size=settings.chunk_size).float()
+        return network_input(settings.embedding, x)
+
+    try:
+        result = sequential_npe(PriorInCoordinates(prior, coordinates), simulate_all,
+                                network_input(settings.embedding, x_o[None])[0], settings.npe_settings(),
+                                embedding=embedding_net(settings.embedding, x_o.shape[0], seed=settings.seed),
+                                z_score_x="none" if settings.embedding == "cnn" else "independent",
+                                checkpoint_dir=checkpoint, resume=resume, progress=progress)
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    sampled = Posterior(
+        parameter_names=prior.names, samples=result.samples.double().numpy(),
+        log_weights=np.zeros(len(result.samples)), log_evidence=None, n_simulations=result.n_simulations,
+        wall_s=result.wall_s, method=f"npe-{settings.estimator}", units=prior.units,
+        log_density=result.log_prob.double().numpy(), stages=tuple(asdict(r) for r in result.rounds))
+    return in_physical_units(sampled, coordinates)
 
 
 def write_fit(
@@ -320,7 +409,7 @@ def write_fit(
             truth_shown |= {"mu_1": math.sqrt(truth["D_w"] * truth["T"]), "mu_2": math.sqrt(truth["rho"] * truth["T"])}
     files["pair"] = plot_pairs(full.samples[:, columns], shown, figures / "pair.png", units=full.units,
                                truth=truth_shown, best=full.samples[full.map_index(), columns])
-    if posterior.stages:
+    if posterior.method == "tmcmc":
         files["tempering"] = plot_tempering(posterior.stages, figures / "tempering.png")
 
     summary: dict[str, object] = {
@@ -337,7 +426,7 @@ def write_fit(
             "dice_flair": dice(map_density > best[index["u_flair"]], flair_abnormality(observation) > 0),
             "density_at_crop_wall": crop_wall_density(map_working),
         },
-        "stages": len(posterior.stages) - 1,
+        **({"stages": len(posterior.stages) - 1} if posterior.method == "tmcmc" else {"rounds": list(posterior.stages)}),
         "grid": problem.describe(),
         "prior": {"bounds": {n: list(b) for n, b in prior.bounds.items()},
                   "seed_box_mm": {n: list(b) for n, b in prior.seed_box.items()},
