@@ -1,8 +1,9 @@
 """Sequential neural posterior estimation through ``sbi``: the likelihood is learned from simulations.
 
 Round 1 draws θ from the prior; each later round draws it from the current estimate of p(θ | x_o) at the
-patient's observation x_o, simulates, and trains on every simulation so far (sbi keeps them). The
-estimators (``estimator``):
+patient's observation x_o, simulates, and trains on (sbi keeps every simulation; with an MDN and a Gaussian
+or box-uniform prior, sbi's closed-form APT loss trains each later round on its own simulations only,
+continuing from the previous network). The estimators (``estimator``):
 
 - ``"mdn"``: a mixture density network (Bishop 1994), trained with sbi's APT / SNPE-C loss (Greenberg et al.,
   ICML 2019), the sequential MDN of Ezhov et al. (2022) for glioma personalization;
@@ -24,7 +25,9 @@ round reseeds torch from ``(seed, round)``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -259,11 +262,9 @@ def sequential_npe(
             else:
                 theta = proposal.sample((settings.simulations,), show_progress_bars=False)
             x = simulate(theta)
-            if vector_field:  # TSNPE: truncated prior proposals, trained with the first-round loss
-                estimator = inference.append_simulations(theta, x).train(force_first_round_loss=True,
-                                                                         **train_options)
-            else:
-                estimator = inference.append_simulations(theta, x, proposal=proposal).train(**train_options)
+            quiet = contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO())
+            with quiet:  # sbi prints its loss choice and convergence whatever show_progress_bars says
+                estimator = train_round(inference, theta, x, proposal, vector_field, train_options)
             posterior = inference.build_posterior(estimator).set_default_x(x_o)
             state["posterior"] = posterior
             if vector_field and index + 1 < settings.rounds:
@@ -293,6 +294,15 @@ def sequential_npe(
     wall_s = state["wall_s"] + time.perf_counter() - sampling_start
     return NPEResult(posterior=posterior, samples=samples, log_prob=log_prob, rounds=records,
                      n_simulations=sum(r.n_simulations for r in records), wall_s=wall_s)
+
+
+def train_round(inference: Any, theta: torch.Tensor, x: torch.Tensor, proposal: Any, vector_field: bool,
+                options: dict[str, Any]) -> Any:
+    """Add a round's simulations and train: APT with the proposal's correction, or for the vector-field
+    estimators (TSNPE: truncated-prior proposals) the first-round loss."""
+    if vector_field:
+        return inference.append_simulations(theta, x).train(force_first_round_loss=True, **options)
+    return inference.append_simulations(theta, x, proposal=proposal).train(**options)
 
 
 def posterior_log_prob(posterior: Any, samples: torch.Tensor, estimator: str) -> torch.Tensor:
