@@ -31,7 +31,15 @@ def check_microenvironment_treatment(out: Path, stdout: str) -> None:
     assert (out / "comparison.png").stat().st_size > 10_000
 
 
-CHECKS = {"fit_synthetic_patient": check_fit_synthetic_patient,
+def check_tmcmc_vs_npe(out: Path, stdout: str) -> None:
+    record = json.loads((out / "comparison" / "comparison.json").read_text())
+    assert [run["method"] for run in record["runs"]] == ["tmcmc", "npe-mdn"]
+    pair = record["pairs"][0]
+    assert f"C2ST {pair['c2st']:.3f}" in stdout  # the printed figure is the measured one
+    assert (out / "comparison" / "figures" / "pairs.png").is_file()
+
+
+CHECKS = {"fit_synthetic_patient": check_fit_synthetic_patient, "tmcmc_vs_npe": check_tmcmc_vs_npe,
           "microenvironment_treatment": check_microenvironment_treatment}
 
 
