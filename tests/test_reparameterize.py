@@ -7,10 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.distributions import biject_to
 
 from conftest import phantom
 from personalize.priors import Prior
-from personalize.reparameterize import LikelihoodInCoordinates, LogCoordinates, PriorInCoordinates
+from personalize.reparameterize import FunctionInCoordinates, LogCoordinates, PriorInCoordinates
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +58,26 @@ def test_outside_the_support_the_log_density_is_minus_infinity(prior):
     assert transformed.log_prob(z)[0] == -math.inf and torch.isfinite(transformed.log_prob(z)[1:]).all()
 
 
+def test_sbi_can_use_the_prior_in_log_coordinates_as_a_torch_distribution(prior):
+    """sbi draws with ``sample``, rejects leaked samples with ``support.check`` and maps to an unbounded space
+    with ``biject_to(support)``: all three agree with the physical prior."""
+    coordinates = LogCoordinates.of(prior.names, ("D_w", "rho", "T"))
+    transformed = PriorInCoordinates(prior, coordinates)
+    torch.manual_seed(0)
+    z = transformed.sample((64,))
+    assert z.dtype == prior.dtype and transformed.support.check(z).all()
+    outside = z.clone()
+    outside[0, 0] = math.log(10 * prior.bounds["D_w"][1])
+    assert not transformed.support.check(outside)[0]
+    transform = biject_to(transformed.support)
+    torch.testing.assert_close(transform(transform.inv(z.double())), z.double(), rtol=1e-6, atol=1e-6)
+    assert torch.isfinite(transform.log_abs_det_jacobian(transform.inv(z.double()), z.double())).all()
+
+
 def test_the_likelihood_sees_physical_parameters():
     coordinates = LogCoordinates((True, False))
     seen = []
-    wrapped = LikelihoodInCoordinates(lambda theta: seen.append(theta) or theta.sum(dim=1), coordinates)
+    wrapped = FunctionInCoordinates(lambda theta: seen.append(theta) or theta.sum(dim=1), coordinates)
     value = wrapped(torch.tensor([[0.0, 2.0], [math.log(3.0), -1.0]], dtype=torch.float64))
     np.testing.assert_allclose(seen[0], [[1.0, 2.0], [3.0, -1.0]])
     np.testing.assert_allclose(value, [3.0, 2.0])
