@@ -59,7 +59,7 @@ from sbi.diagnostics import check_sbc, check_tarp, run_sbc, run_tarp  # noqa: E4
 from sbi.diagnostics.sbc import check_uniformity_frequentist  # noqa: E402
 from torch.distributions import Distribution  # noqa: E402
 
-from personalize.report import _save  # noqa: E402
+from personalize.report import _save, finite_or_none  # noqa: E402
 
 Simulator = Callable[[torch.Tensor], torch.Tensor]
 """``simulate(theta[N, P]) -> x[N, ...]`` (as :data:`personalize.npe.Simulator`)."""
@@ -146,8 +146,8 @@ class Calibration:
             "seed": self.seed,
             "wall_s": self.wall_s,
             "sbc": {name: {"ks_pvalue": float(self.sbc_ks_pvalues[j]),
-                           "c2st_ranks": _finite_or_none(self.sbc_c2st_ranks[j]),
-                           "c2st_dap": _finite_or_none(self.sbc_c2st_dap[j])}
+                           "c2st_ranks": finite_or_none(self.sbc_c2st_ranks[j]),
+                           "c2st_dap": finite_or_none(self.sbc_c2st_dap[j])}
                     for j, name in enumerate(self.parameter_names)},
             "tarp": {"atc": self.tarp_atc, "ks_pvalue": self.tarp_ks_pvalue,
                      "alpha": [float(a) for a in self.tarp_alpha], "ecp": [float(e) for e in self.tarp_ecp]},
@@ -156,10 +156,6 @@ class Calibration:
             "calibrated": self.calibrated(level),
             "failures": list(self.failures(level)),
         }
-
-
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if math.isfinite(float(value)) else None
 
 
 def stream_seed(seed: int, name: str) -> int:

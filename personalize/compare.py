@@ -38,7 +38,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from personalize.fit import dice  # noqa: E402
 from personalize.posterior import Posterior  # noqa: E402
-from personalize.report import _save, _span  # noqa: E402
+from personalize.report import _save, _span, finite_or_none  # noqa: E402
 from simulators.nifti import atomic_output  # noqa: E402
 
 IDENTIFIABLE = ("mu_1", "mu_2", "x", "y", "z", "u_t1gd", "u_flair")
@@ -117,7 +117,7 @@ class Comparison:
             "c2st": pair.c2st,
             "c2st_parameters": list(pair.c2st_parameters),
             "wasserstein": pair.wasserstein,
-            "relative_wasserstein": {name: _finite_or_none(v) for name, v in pair.relative_wasserstein.items()},
+            "relative_wasserstein": {name: finite_or_none(v) for name, v in pair.relative_wasserstein.items()},
             "dice_flair": pair.dice_flair,
             "dice_t1gd": pair.dice_t1gd,
             "threshold_flair": pair.threshold_flair,
@@ -126,10 +126,6 @@ class Comparison:
         settings = {"function": "sbi.utils.metrics.c2st", "classifier": "mlp", "n_folds": C2ST_FOLDS,
                     "n_samples": self.n_samples, "seed": self.seed}
         return {"runs": runs, "pairs": pairs, "c2st": settings, "files": {k: str(p) for k, p in self.files.items()}}
-
-
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
 
 
 def load_run(path: str | os.PathLike[str]) -> Run:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -13,6 +14,11 @@ import numpy as np  # noqa: E402
 
 from simulators.anatomy import Anatomy  # noqa: E402
 from simulators.nifti import atomic_output  # noqa: E402
+
+
+def finite_or_none(value: float) -> float | None:
+    """``value`` as a float for JSON, or None (JSON null) when it is NaN or infinite."""
+    return float(value) if math.isfinite(float(value)) else None
 
 
 def slice_centre(density: np.ndarray, anatomy: Anatomy) -> tuple[int, int, int]:
