@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch.distributions import Distribution, biject_to, constraints
-from torch.distributions.transforms import ComposeTransform, Transform
+from torch.distributions.transforms import ComposeTransform, IndependentTransform, Transform
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,11 @@ class LogCoordinates:
 
 
 class PhysicalToCoordinates(Transform):
-    """θ → z of ``coordinates`` as a torch ``Transform`` (event_dim 1), for ``biject_to`` and sbi's MCMC."""
+    """θ → z of ``coordinates`` as an elementwise torch ``Transform`` over the last axis (sbi wraps the prior's
+    transform in an ``IndependentTransform`` and expects elementwise parts)."""
 
-    domain = constraints.independent(constraints.real, 1)
-    codomain = constraints.independent(constraints.real, 1)
+    domain = constraints.real
+    codomain = constraints.real
     bijective = True
 
     def __init__(self, coordinates: LogCoordinates, cache_size: int = 0) -> None:
@@ -76,7 +77,8 @@ class PhysicalToCoordinates(Transform):
         return self.coordinates.to_physical(z)
 
     def log_abs_det_jacobian(self, theta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return -self.coordinates.log_abs_det_jacobian(z)
+        """Elementwise log |dz/dθ|: −z on the logged columns (d log θ / dθ = 1/θ), 0 elsewhere."""
+        return -z * self.coordinates._mask(z)
 
 
 class InCoordinatesSupport(constraints.Constraint):
@@ -95,7 +97,11 @@ class InCoordinatesSupport(constraints.Constraint):
 
 @biject_to.register(InCoordinatesSupport)
 def _biject_to_coordinates_support(constraint: InCoordinatesSupport) -> Transform:
-    return ComposeTransform([biject_to(constraint.prior.support), PhysicalToCoordinates(constraint.coordinates)])
+    physical = biject_to(constraint.prior.support)
+    if not isinstance(physical, IndependentTransform):
+        raise TypeError("the prior's support must map to an unbounded space by an IndependentTransform")
+    return IndependentTransform(ComposeTransform([physical.base_transform, PhysicalToCoordinates(constraint.coordinates)]),
+                                physical.reinterpreted_batch_ndims)
 
 
 class PriorInCoordinates(TorchDistribution):
