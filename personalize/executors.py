@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 
 import torch
+from tqdm.auto import tqdm
 
 from simulators.stencil import set_threads
 
@@ -40,12 +41,14 @@ def evaluate(
     *,
     executor: Executor | None = None,
     chunk_size: int | None = None,
+    progress: str | None = None,
 ) -> torch.Tensor:
     """``f`` on every row of ``theta`` in chunks of ``chunk_size`` rows, results in the order of the rows
     (a ``Tensor[N]`` for a log-likelihood, ``Tensor[N, ...]`` for a simulator).
 
     Serial (one call per chunk) when ``executor`` is None. ``chunk_size`` defaults to the whole batch
-    when serial and to an even split over ``os.cpu_count()`` chunks with an executor.
+    when serial and to an even split over ``os.cpu_count()`` chunks with an executor. ``progress``, when
+    given, labels a progress bar over the rows.
     """
     n = theta.shape[0]
     if n == 0:
@@ -54,4 +57,9 @@ def evaluate(
         chunk_size = n if executor is None else math.ceil(n / (os.cpu_count() or 1))
     chunks = theta.split(chunk_size)
     results = map(f, chunks) if executor is None else executor.map(f, chunks)
-    return torch.cat(list(results))
+    with tqdm(total=n, desc=progress, unit="sim", disable=progress is None, leave=False) as bar:
+        gathered = []
+        for chunk, result in zip(chunks, results):
+            gathered.append(result)
+            bar.update(len(chunk))
+    return torch.cat(gathered)

@@ -332,7 +332,8 @@ def npe_posterior(
     executor = local_executor(settings.workers)
 
     def simulate_all(z: torch.Tensor) -> torch.Tensor:
-        x = evaluate(simulate, z.double(), executor=executor, chunk_size=settings.chunk_size).float()
+        x = evaluate(simulate, z.double(), executor=executor, chunk_size=settings.chunk_size,
+                     progress="NPE simulations" if progress else None).float()
         return network_input(settings.embedding, x)
 
     try:
