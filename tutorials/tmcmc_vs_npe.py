@@ -7,8 +7,10 @@
 # where that estimate puts the patient. This walkthrough fits the same synthetic patient both ways and
 # compares the posteriors, the MAP tumours and the cost.
 #
-# Run it as a script: `python tutorials/tmcmc_vs_npe.py --out tutorial-npe` (about 20 minutes on two
-# cores), or with `--quick` for small settings (what CI runs; both posteriors are then rough). From a shell:
+# Run it as a script: `python tutorials/tmcmc_vs_npe.py --out tutorial-npe` (its full settings fit both at
+# 2 mm: TMCMC alone takes about 9 minutes on two cores, and one NPE round of 1,000 prior draws took over 8 on
+# shared ones), or with `--quick` for small settings (what CI runs; both posteriors are then rough). From a
+# shell:
 #
 # ```
 # personalize synth --out patient
