@@ -204,8 +204,6 @@ def calibrate(
         torch.manual_seed(stream_seed(seed, "prior"))
         theta = prior.sample((n_simulations,))
         x = simulate(theta)
-    if x.shape[0] != theta.shape[0]:
-        raise ValueError(f"simulate returned {x.shape[0]} rows for {theta.shape[0]} parameter rows")
     calibration = calibration_from_simulations(posterior, theta, x, n_posterior_samples=n_posterior_samples,
                                                seed=seed, parameter_names=_names(prior, theta, parameter_names),
                                                batched=batched, c2st=c2st, progress=progress)

@@ -38,7 +38,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from personalize.fit import dice  # noqa: E402
 from personalize.posterior import Posterior  # noqa: E402
-from personalize.report import _save, _span, finite_or_none  # noqa: E402
+from personalize.report import _save, _span, finite_or_none, label_pair_axis  # noqa: E402
 from simulators.nifti import atomic_output  # noqa: E402
 
 IDENTIFIABLE = ("mu_1", "mu_2", "x", "y", "z", "u_t1gd", "u_flair")
@@ -290,15 +290,7 @@ def plot_overlaid_pairs(draws: Sequence[np.ndarray], labels: Sequence[str], name
                 axis.set_yticks([])
             else:
                 axis.set_ylim(spans[row])
-            if row == p - 1:
-                axis.set_xlabel(names[column], fontsize=8)
-            else:
-                axis.set_xticklabels([])
-            if column == 0 and row > 0:
-                axis.set_ylabel(names[row], fontsize=8)
-            elif column > 0:
-                axis.set_yticklabels([])
-            axis.tick_params(labelsize=6)
+            label_pair_axis(axis, row, column, p, names[column], names[row])
     figure.legend(handles=[plt.Line2D([], [], color=c, label=label) for label, c in zip(labels, colours)],
                   loc="upper right", fontsize=9)
     figure.suptitle(f"identifiable parameters, {len(draws[0])} draws per run")

@@ -105,6 +105,20 @@ def _span(values: np.ndarray) -> tuple[float, float]:
     return low, high
 
 
+def label_pair_axis(axis: plt.Axes, row: int, column: int, p: int, xlabel: str, ylabel: str) -> None:
+    """Label one panel of a ``p × p`` pair plot: x labels on the bottom row, y labels on the first column
+    (below the diagonal), tick labels hidden elsewhere."""
+    if row == p - 1:
+        axis.set_xlabel(xlabel, fontsize=8)
+    else:
+        axis.set_xticklabels([])
+    if column == 0 and row > 0:
+        axis.set_ylabel(ylabel, fontsize=8)
+    elif column > 0:
+        axis.set_yticklabels([])
+    axis.tick_params(labelsize=6)
+
+
 def plot_pairs(
     samples: np.ndarray,
     names: tuple[str, ...],
@@ -142,16 +156,9 @@ def plot_pairs(
                 axis.axvline(marks[column], color=colour, linewidth=0.9)
                 if row != column and np.isfinite(marks[row]):
                     axis.axhline(marks[row], color=colour, linewidth=0.9)
-            if row == p - 1:
-                unit = units.get(names[column], "")
-                axis.set_xlabel(names[column] + (f" [{unit}]" if unit not in ("", "1") else ""), fontsize=8)
-            else:
-                axis.set_xticklabels([])
-            if column == 0 and row > 0:
-                axis.set_ylabel(names[row], fontsize=8)
-            elif column > 0:
-                axis.set_yticklabels([])
-            axis.tick_params(labelsize=6)
+            unit = units.get(names[column], "")
+            label_pair_axis(axis, row, column, p, names[column] + (f" [{unit}]" if unit not in ("", "1") else ""),
+                            names[row])
     legend = [("MAP sample", "tab:orange")] + ([("truth", "tab:red")] if truth else [])
     figure.legend(handles=[plt.Line2D([], [], color=c, label=label) for label, c in legend],
                   loc="upper right", fontsize=9)
