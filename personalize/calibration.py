@@ -282,6 +282,10 @@ def _names(prior: Distribution | None, theta: torch.Tensor, names: Sequence[str]
     return names
 
 
+PANELS_PER_ROW = 6
+"""Panels side by side in :func:`plot_calibration`'s figure before it wraps to another row."""
+
+
 def plot_calibration(calibration: Calibration, path: str | os.PathLike[str], *, title: str = "") -> Path:
     """Save the rank histogram of each parameter and the TARP coverage curve as one PNG.
 
@@ -293,8 +297,14 @@ def plot_calibration(calibration: Calibration, path: str | os.PathLike[str], *, 
     """
     names = calibration.parameter_names
     n, n_draws = calibration.n_simulations, calibration.n_posterior_samples
-    columns = len(names) + 1
-    figure, axes = plt.subplots(1, columns, figsize=(3.2 * columns, 3.4), constrained_layout=True)
+    panels = len(names) + 1
+    columns = min(panels, PANELS_PER_ROW)
+    rows = -(-panels // columns)
+    figure, grid_axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), constrained_layout=True,
+                                     squeeze=False)
+    axes = grid_axes.ravel()[:panels]
+    for unused in grid_axes.ravel()[panels:]:
+        unused.set_visible(False)
     bins = max(5, n // 20)
     edges = np.linspace(0, n_draws + 1, bins + 1)
     low, high = binom(n, 1.0 / bins).ppf(0.005), binom(n, 1.0 / bins).ppf(0.995)
@@ -306,8 +316,9 @@ def plot_calibration(calibration: Calibration, path: str | os.PathLike[str], *, 
         axis.set_xlim(0, n_draws + 1)
         axis.set_xlabel(f"rank of {name}")
         axis.set_title(f"SBC {name}: KS p = {calibration.sbc_ks_pvalues[j]:.2g}", fontsize=9)
-        if j == 0:
+        if j % columns == 0:
             axis.set_ylabel("count")
+        if j == 0:
             axis.legend(loc="upper right", fontsize=7, framealpha=0.6)
     axis = axes[-1]
     grid = np.linspace(0, 1, 101)
