@@ -25,8 +25,8 @@ import torch
 
 from likelihoods.joint import JointLikelihood
 from personalize.calibration import calibrate, plot_calibration
-from personalize.embedding import embedding_net, network_input
-from personalize.fit import LOG_SCALED
+from personalize.embedding import EMBEDDINGS, embedding_net, network_input
+from personalize.fit import LOG_SCALED, FitSettings
 from personalize.npe import NPESettings, sequential_npe
 from personalize.priors import Prior
 from personalize.reparameterize import FunctionInCoordinates, LogCoordinates, PriorInCoordinates
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--simulations", type=int, default=2000, help="round-1 training simulations")
     parser.add_argument("--checks", type=int, default=200, help="SBC/TARP simulations")
     parser.add_argument("--draws", type=int, default=1000, help="posterior samples per check")
-    parser.add_argument("--embedding", default="pooled")
+    parser.add_argument("--embedding", choices=EMBEDDINGS, default=FitSettings.embedding)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--out", help="figure folder (default: a temporary folder)")
@@ -85,7 +85,8 @@ def main() -> None:
           + ("" if result.calibrated() else f" ({'; '.join(result.failures())})"))
     print(json.dumps({**result.to_dict(), "calibrated": result.calibrated(), "training_wall_s": npe.wall_s,
                       "wall_s": time.perf_counter() - started, "working_shape": list(problem.anatomy.shape),
-                      "simulations": args.simulations, "spacing_mm": args.spacing, "figure": str(figure)}))
+                      "simulations": args.simulations, "spacing_mm": args.spacing, "embedding": args.embedding,
+                      "figure": str(figure)}))
 
 
 if __name__ == "__main__":

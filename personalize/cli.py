@@ -326,8 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="samples drawn from the final estimate (default 4000)")
     npe.add_argument("--max-epochs", type=int, help="cap on training epochs per round (default: early stopping)")
     npe.add_argument("--embedding", choices=EMBEDDINGS, default=FitSettings.embedding,
-                     help="how the network sees the scans: pooled (block averages of each scan, default) or cnn "
-                          "(a 3D CNN trained jointly; slow on a CPU)")
+                     help="how the network sees the scans: moments (each scan's mass, centroid and spread, default), "
+                          "pooled (block averages of each scan) or cnn (a 3D CNN trained jointly; slow on a CPU)")
     npe.add_argument("--scan-masks", choices=MASK_MODELS, default=FitSettings.scan_masks,
                      help="simulated masks: threshold (u > u_c, default) or detection (Eq. 6's Bernoulli)")
     npe.add_argument("--pool", type=int, default=FitSettings.pool,

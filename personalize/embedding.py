@@ -7,11 +7,14 @@ sbi ships 1D/2D CNN embeddings only; these take scans stacked as channels ``[N, 
   average pool to 2³ and a linear layer, trained jointly with the density estimator (as Ezhov et al.'s
   learnable summary of the tumour scans, and Lueckmann et al. 2021's learned summaries in sbi);
 - ``"pooled"`` (:func:`pooled_features`): a fixed reduction applied to the scans before sbi sees them,
-  the adaptive average of each channel over a ``4³`` grid of blocks (sbi's MLP then reads those features).
+  the adaptive average of each channel over a ``4³`` grid of blocks (sbi's MLP then reads those features);
+- ``"moments"`` (:func:`moment_features`): a fixed reduction to each channel's image moments (mass, mean
+  square, centroid and second central moments; Hu 1962's moment invariants before normalisation), the
+  statistics that carry the tumour's extent and position: the volumes above the two thresholds fix μ₁, μ₂
+  and the thresholds, the centroids the seed.
 
-Both are deterministic functions of the scans. ``personalize fit --method npe`` uses ``"pooled"`` by default:
-the CNN's training cost on this 2-core CPU was measured prohibitive (docs/npe.md); its accuracy is not yet
-measured against the pooled features.
+All are deterministic functions of the scans. Which one ``personalize fit --method npe`` uses by default, and
+why, is measured in docs/npe.md.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-EMBEDDINGS = ("cnn", "pooled")
+EMBEDDINGS = ("cnn", "pooled", "moments")
 
 
 class VolumeCNN(nn.Module):
@@ -57,11 +60,33 @@ def pooled_features(x: torch.Tensor, blocks: int = POOLED_BLOCKS) -> torch.Tenso
     return functional.adaptive_avg_pool3d(x, blocks).flatten(start_dim=1)
 
 
+def moment_features(x: torch.Tensor) -> torch.Tensor:
+    """``[N, C, X, Y, Z]`` → ``[N, 11·C]``: for each channel w ≥ 0 (negative values count as 0), its mean and
+    mean square over the box, the centroid c = Σ w·r / Σ w and the second central moments
+    Σ w·(r − c)(r − c)ᵀ / Σ w (six: xx, yy, zz, xy, xz, yz), with r in box coordinates spanning [−1, 1] along
+    each axis. A channel without mass gets a zero centroid and zero moments."""
+    weights = x.clamp(min=0).flatten(start_dim=2)
+    axes = [torch.linspace(-1.0, 1.0, n, dtype=x.dtype, device=x.device) if n > 1 else
+            torch.zeros(1, dtype=x.dtype, device=x.device) for n in x.shape[2:]]
+    r = torch.stack(torch.meshgrid(*axes, indexing="ij")).flatten(start_dim=1)
+    mass = weights.sum(dim=2)
+    share = weights / torch.where(mass > 0, mass, torch.ones_like(mass))[..., None]
+    centroid = torch.einsum("ncv,av->nca", share, r)
+    offset = r[None, None] - centroid[..., None]
+    pairs = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))
+    second = torch.stack([(share * offset[:, :, a] * offset[:, :, b]).sum(dim=2) for a, b in pairs], dim=2)
+    flat = x.flatten(start_dim=2)
+    features = torch.cat([flat.mean(dim=2)[..., None], flat.square().mean(dim=2)[..., None], centroid, second], dim=2)
+    return features.flatten(start_dim=1)
+
+
 def network_input(kind: str, x: torch.Tensor) -> torch.Tensor:
     """What the estimator is trained on for the embedding ``kind``: the volumes for ``"cnn"``, their block
-    averages for ``"pooled"``."""
+    averages for ``"pooled"``, their moments for ``"moments"``."""
     check_embedding(kind)
-    return x if kind == "cnn" else pooled_features(x)
+    if kind == "cnn":
+        return x
+    return pooled_features(x) if kind == "pooled" else moment_features(x)
 
 
 def check_embedding(kind: str) -> None:
@@ -71,9 +96,9 @@ def check_embedding(kind: str) -> None:
 
 def embedding_net(kind: str, channels: int, *, seed: int = 0) -> nn.Module:
     """The network in front of the estimator for the embedding ``kind``: a :class:`VolumeCNN` for ``channels``
-    scans with weights drawn from ``seed``, or the identity for ``"pooled"``."""
+    scans with weights drawn from ``seed``, or the identity for the fixed reductions."""
     check_embedding(kind)
-    if kind == "pooled":
+    if kind != "cnn":
         return nn.Identity()
     with torch.random.fork_rng():
         torch.manual_seed(seed)

@@ -124,7 +124,7 @@ class FitSettings:
     simulations: int = 1000
     npe_draws: int = 4000
     npe_max_epochs: int | None = None
-    embedding: str = "pooled"
+    embedding: str = "moments"
     scan_masks: str = "threshold"
     pool: int = 1
 

@@ -25,7 +25,7 @@ from simulators.fisher_kolmogorov import FisherKolmogorov
 
 TRUTH = BUILT_IN_CASE | {"x": -20.0, "y": 0.0, "z": 4.0, "D_w": 0.3, "rho": 0.05, "T": 200.0}
 SMALL = FitSettings(method="npe", spacing_mm=4.0, margin_mm=12.0, rounds=2, simulations=150, npe_draws=400,
-                    npe_max_epochs=30, embedding="pooled", n_predictive=6, chunk_size=50, thresholds=(0.05, 0.5))
+                    npe_max_epochs=30, embedding="moments", n_predictive=6, chunk_size=50, thresholds=(0.05, 0.5))
 
 
 @pytest.fixture(scope="module")

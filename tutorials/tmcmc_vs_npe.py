@@ -63,11 +63,11 @@ tmcmc = fit(observation, out / "fit-tmcmc", tissue=tissue, settings=tmcmc_settin
 # ## 3. Sequential NPE
 #
 # Round 1 draws parameters from the prior; rounds 2… from the current estimate at this patient's scans.
-# The network sees the scans through an embedding: here the block averages of each scan (`pooled`), or a
-# 3D CNN trained jointly (`cnn`). A checkpoint is written after every round (`--resume` continues).
+# The network sees the scans through an embedding: here each scan's moments (`moments`: mass, centroid
+# and spread), or the block averages of each scan (`pooled`), or a 3D CNN trained jointly (`cnn`). A checkpoint is written after every round (`--resume` continues).
 
 # %%
-npe_settings = FitSettings(method="npe", estimator="mdn", embedding="pooled",
+npe_settings = FitSettings(method="npe", estimator="mdn", embedding="moments",
                            **(dict(rounds=2, simulations=200, npe_draws=1000, npe_max_epochs=40, **quick)
                               if args.quick else {}))
 npe = fit(observation, out / "fit-npe", tissue=tissue, settings=npe_settings, truth=patient.truth)
