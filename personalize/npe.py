@@ -3,7 +3,7 @@
 Round 1 draws θ from the prior; each later round draws it from the current estimate of p(θ | x_o) at the
 patient's observation x_o, simulates, and trains on (sbi keeps every simulation; with an MDN and a Gaussian
 or box-uniform prior, sbi's closed-form APT loss trains each later round on its own simulations only,
-continuing from the previous network). The estimators (``estimator``):
+continuing from the previous network, unless ``atomic_loss`` keeps the atomic loss). The estimators (``estimator``):
 
 - ``"mdn"``: a mixture density network (Bishop 1994), trained with sbi's APT / SNPE-C loss (Greenberg et al.,
   ICML 2019), the sequential MDN of Ezhov et al. (2022) for glioma personalization.
@@ -44,9 +44,9 @@ from typing import Any
 import torch
 from sbi.inference import FMPE, NPE, NPSE
 from sbi.neural_nets import posterior_flow_nn, posterior_nn, posterior_score_nn
-from sbi.utils import BoxUniform, RestrictedPrior, get_density_thresholder
+from sbi.utils import RestrictedPrior, check_dist_class, get_density_thresholder
 from torch import nn
-from torch.distributions import Distribution, MultivariateNormal
+from torch.distributions import Distribution, MultivariateNormal, Uniform
 
 ESTIMATORS = ("mdn", "nsf", "npse", "fmpe")
 VECTOR_FIELD = ("npse", "fmpe")
@@ -76,6 +76,9 @@ class NPESettings:
         max_epochs: cap on training epochs per round (None: sbi's early stopping alone).
         stop_after_epochs: sbi's early-stopping patience.
         truncation_quantile: TSNPE's excluded mass for the vector-field estimators.
+        atomic_loss: keep APT's atomic loss in later rounds where sbi would switch an MDN to its closed-form
+            (non-atomic) loss, i.e. under a Gaussian or box-uniform prior: that loss can meet a proposal
+            posterior whose precision is not positive definite in float32 (sbi issues #328, #669).
         seed: seeds every draw and every network initialisation.
         device: torch device of training.
     """
@@ -90,6 +93,7 @@ class NPESettings:
     max_epochs: int | None = None
     stop_after_epochs: int = 20
     truncation_quantile: float = 1e-4
+    atomic_loss: bool = False
     seed: int = 0
     device: str = "cpu"
 
@@ -154,10 +158,18 @@ class NoTracker:
     def flush(self) -> None: ...
 
 
-def theta_standardisation(prior: Distribution, estimator: str) -> str:
+class AtomicNPE(NPE):
+    """sbi's NPE (SNPE-C) with APT's atomic loss in every later round, never its closed-form MoG loss."""
+
+    def _multiround_loss_is_per_row(self, proposal: Any) -> bool:  # sbi 0.27's switch to the closed form
+        return False
+
+
+def theta_standardisation(prior: Distribution, estimator: str, atomic_loss: bool = False) -> str:
     """sbi's ``z_score_theta``: the unbounded transform of the prior's support, except where sbi trains an MDN
     with its analytic APT loss (a Gaussian or box-uniform prior), which assumes an affine standardisation."""
-    analytic = estimator == "mdn" and isinstance(prior, (MultivariateNormal, BoxUniform))
+    analytic = (estimator == "mdn" and not atomic_loss
+                and check_dist_class(prior, class_to_check=(Uniform, MultivariateNormal))[0])  # sbi's own test
     return "independent" if analytic else "transform_to_unconstrained"
 
 
@@ -168,9 +180,10 @@ def build_inference(prior: Distribution, settings: NPESettings, embedding: nn.Mo
     if settings.estimator in ("mdn", "nsf"):
         builder = posterior_nn(model=settings.estimator, hidden_features=settings.hidden_features,
                                num_components=settings.num_components, embedding_net=embedding,
-                               z_score_x=z_score_x, z_score_theta=theta_standardisation(prior, settings.estimator),
+                               z_score_x=z_score_x,
+                               z_score_theta=theta_standardisation(prior, settings.estimator, settings.atomic_loss),
                                x_dist=prior)
-        return NPE(prior=prior, density_estimator=builder, **common)
+        return (AtomicNPE if settings.atomic_loss else NPE)(prior=prior, density_estimator=builder, **common)
     if settings.estimator == "npse":
         builder = posterior_score_nn(embedding_net=embedding, z_score_x=z_score_x)
         return NPSE(prior=prior, score_estimator=builder, **common)

@@ -3,10 +3,12 @@ run to the same result, refuses another run's checkpoint, and runs the diffusion
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 from sbi.utils.metrics import c2st
-from torch.distributions import MultivariateNormal
+from torch.distributions import Independent, MultivariateNormal, Uniform
 
 from personalize.npe import NPESettings, sequential_npe
 
@@ -39,6 +41,29 @@ def test_sequential_mdn_reaches_the_known_posterior(measured):
     assert score <= 0.6
     assert result.n_simulations == 1000 and len(result.rounds) == 2
     assert result.log_prob.shape == (1000,) and torch.isfinite(result.log_prob).all()
+
+
+def test_atomic_loss_is_kept_where_sbi_would_switch_to_its_closed_form(tmp_path, measured):
+    """Under a Gaussian prior sbi trains an MDN's later rounds with its closed-form loss, which can fail in
+    float32; ``atomic_loss`` keeps APT's atomic loss there, and the estimate still reaches the posterior."""
+    settings = NPESettings(estimator="mdn", rounds=2, simulations=500, n_posterior=1000, max_epochs=60, seed=3,
+                           atomic_loss=True)
+    result = sequential_npe(PRIOR, simulate, X_O, settings, checkpoint_dir=tmp_path, progress=False)
+    with open(tmp_path / "npe_round.pkl", "rb") as handle:
+        inference = pickle.load(handle)["inference"]
+    assert inference.use_non_atomic_loss is False
+    score = float(c2st(result.samples, true_posterior().sample((1000,)), seed=0, classifier="mlp"))
+    measured("sequential MDN, atomic loss, vs analytic posterior: C2ST", round(score, 3))
+    assert score <= 0.6
+
+
+def test_a_torch_uniform_prior_trains_its_later_rounds_too():
+    """sbi takes any (wrapped) torch Uniform prior as box-uniform and switches an MDN to its closed-form loss
+    from round 2, which needs an affine standardisation of θ (sbibm's priors are such)."""
+    prior = Independent(Uniform(-2 * torch.ones(2), 2 * torch.ones(2)), 1)
+    settings = NPESettings(estimator="mdn", rounds=2, simulations=100, n_posterior=200, max_epochs=5, seed=1)
+    result = sequential_npe(prior, simulate, X_O, settings, progress=False)
+    assert result.n_simulations == 200 and (result.samples.abs() <= 2).all()
 
 
 class Killed(RuntimeError):
