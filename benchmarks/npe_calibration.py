@@ -25,7 +25,7 @@ import torch
 
 from likelihoods.joint import JointLikelihood
 from personalize.calibration import calibrate, plot_calibration
-from personalize.embedding import EMBEDDINGS, embedding_net, network_input
+from personalize.embedding import EMBEDDINGS, EmbeddedSimulator, embedding_net, network_input
 from personalize.fit import LOG_SCALED, FitSettings
 from personalize.npe import NPESettings, sequential_npe
 from personalize.priors import Prior
@@ -62,10 +62,11 @@ def main() -> None:
     prior = Prior.from_config(problem.anatomy, problem.scans)
     model = ImageLogLikelihood(FisherKolmogorov(), problem.anatomy, problem.scans, JointLikelihood(), prior.names)
     coordinates = LogCoordinates.of(prior.names, LOG_SCALED)
-    scans = FunctionInCoordinates(ScanSimulator(model, seed=args.seed), coordinates)
+    features = FunctionInCoordinates(EmbeddedSimulator(ScanSimulator(model, seed=args.seed), args.embedding),
+                                     coordinates)
 
     def simulate(z: torch.Tensor) -> torch.Tensor:
-        return network_input(args.embedding, scans(z.double()).float())
+        return features(z.double()).float()
 
     x_o = observed_scans(problem.scans)
     started = time.perf_counter()

@@ -19,6 +19,9 @@ why, is measured in docs/npe.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional
@@ -87,6 +90,24 @@ def network_input(kind: str, x: torch.Tensor) -> torch.Tensor:
     if kind == "cnn":
         return x
     return pooled_features(x) if kind == "pooled" else moment_features(x)
+
+
+@dataclass(frozen=True)
+class EmbeddedSimulator:
+    """``network_input(kind, simulate(θ))``: what the estimator trains on, reduced where the scans are made.
+
+    Run per chunk by an executor, a fixed reduction keeps only its features: a round of 1,000 scans of the
+    real patient at 4 mm is 580 MB as volumes and 130 kB as moments. Picklable whenever ``simulate`` is.
+    """
+
+    simulate: Callable[[torch.Tensor], torch.Tensor]
+    kind: str
+
+    def __post_init__(self) -> None:
+        check_embedding(self.kind)
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        return network_input(self.kind, self.simulate(theta).float())
 
 
 def check_embedding(kind: str) -> None:

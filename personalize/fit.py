@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from likelihoods.joint import JointLikelihood
-from personalize.embedding import EMBEDDINGS, embedding_net, network_input
+from personalize.embedding import EMBEDDINGS, EmbeddedSimulator, embedding_net, network_input
 from personalize.executors import evaluate, local_executor
 from personalize.io import Observation, write_output
 from likelihoods.imaging import MASK_MODELS
@@ -328,13 +328,12 @@ def npe_posterior(
     coordinates = LogCoordinates.of(prior.names, LOG_SCALED)
     scans = ScanSimulator(likelihood, masks=settings.scan_masks, pool=settings.pool, seed=settings.seed)
     x_o = observed_scans(problem.scans, settings.pool)
-    simulate = FunctionInCoordinates(scans, coordinates)
+    simulate = FunctionInCoordinates(EmbeddedSimulator(scans, settings.embedding), coordinates)
     executor = local_executor(settings.workers)
 
     def simulate_all(z: torch.Tensor) -> torch.Tensor:
-        x = evaluate(simulate, z.double(), executor=executor, chunk_size=settings.chunk_size,
-                     progress="NPE simulations" if progress else None).float()
-        return network_input(settings.embedding, x)
+        return evaluate(simulate, z.double(), executor=executor, chunk_size=settings.chunk_size,
+                        progress="NPE simulations" if progress else None).float()
 
     try:
         result = sequential_npe(PriorInCoordinates(prior, coordinates), simulate_all,

@@ -1,8 +1,16 @@
 """The fixed reductions that carry scans into NPE keep what identifies the tumour: its mass, position, spread."""
 
+import pytest
 import torch
 
-from personalize.embedding import EMBEDDINGS, embedding_net, moment_features, network_input, pooled_features
+from personalize.embedding import (
+    EMBEDDINGS,
+    EmbeddedSimulator,
+    embedding_net,
+    moment_features,
+    network_input,
+    pooled_features,
+)
 
 
 def ball(shape: tuple[int, int, int], centre: tuple[float, float, float], radius: float) -> torch.Tensor:
@@ -55,3 +63,18 @@ def test_every_embedding_gives_one_feature_vector_per_observation():
     assert network_input("moments", x).shape == (4, 3 * 11)
     for kind in EMBEDDINGS:
         assert embedding_net(kind, 3)(network_input(kind, x)).shape[0] == 4
+
+
+def blobs(theta: torch.Tensor) -> torch.Tensor:
+    """A ball per row, centred by θ's first two values, as a one-channel scan."""
+    return torch.stack([ball(SHAPE, (float(t[0]), float(t[1]), 12.0), 4.0)[None] for t in theta])
+
+
+def test_features_reduced_per_chunk_equal_those_of_the_whole_batch():
+    """An executor may reduce scans chunk by chunk where they are made: the features do not change."""
+    theta = torch.tensor([[8.0, 6.0], [12.0, 9.0], [10.0, 10.0]])
+    simulate = EmbeddedSimulator(blobs, "moments")
+    whole = network_input("moments", blobs(theta).float())
+    torch.testing.assert_close(torch.cat([simulate(theta[:1]), simulate(theta[1:])]), whole)
+    with pytest.raises(ValueError, match="embedding must be one of"):
+        EmbeddedSimulator(blobs, "fft")
