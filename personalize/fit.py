@@ -48,7 +48,7 @@ from personalize.predictive import DEFAULT_THRESHOLDS, check_thresholds, posteri
 from personalize.priors import DEFAULT_SEED_MARGIN_MM, Prior
 from personalize.report import plot_orthogonal_slices, plot_pairs, plot_tempering
 from personalize.scan_simulator import ScanSimulator, observed_scans
-from personalize.reparameterize import FunctionInCoordinates, LogCoordinates, PriorInCoordinates
+from personalize.reparameterize import FunctionInCoordinates, LogCoordinates, PriorInCoordinates, in_physical_units
 from personalize.tmcmc import tmcmc
 from personalize.working_grid import (
     DEFAULT_MARGIN_MM,
@@ -304,13 +304,6 @@ def tmcmc_posterior(
         if executor is not None:
             executor.shutdown()
     return in_physical_units(sampled, coordinates)
-
-
-def in_physical_units(sampled: Posterior, coordinates: LogCoordinates) -> Posterior:
-    """A posterior sampled in log coordinates z, in physical units θ; the density of θ lacks z's Jacobian."""
-    z = torch.from_numpy(sampled.samples)
-    return replace(sampled, samples=coordinates.to_physical(z).numpy(),
-                   log_density=sampled.log_density - coordinates.log_abs_det_jacobian(z).numpy())
 
 
 def npe_posterior(

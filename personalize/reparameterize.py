@@ -10,12 +10,14 @@ in log coordinates keeps the target exact: the density of z = log θ is p(θ)·�
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch.distributions import Distribution, biject_to, constraints
 from torch.distributions.transforms import ComposeTransform, IndependentTransform, Transform
+
+from personalize.posterior import Posterior
 
 
 @dataclass(frozen=True)
@@ -175,3 +177,10 @@ class FunctionInCoordinates:
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         return self.function(self.coordinates.to_physical(z))
+
+
+def in_physical_units(sampled: Posterior, coordinates: LogCoordinates) -> Posterior:
+    """A posterior sampled in log coordinates z, in physical units θ; the density of θ lacks z's Jacobian."""
+    z = torch.from_numpy(sampled.samples)
+    return replace(sampled, samples=coordinates.to_physical(z).numpy(),
+                   log_density=sampled.log_density - coordinates.log_abs_det_jacobian(z).numpy())

@@ -21,7 +21,8 @@ from personalize.npe import NPESettings, sequential_npe
 REPEATS, NOISE = 3, 0.3
 PRIOR = MultivariateNormal(torch.zeros(2), torch.eye(2))
 N_CALIBRATION = 200
-pytestmark = pytest.mark.filterwarnings("ignore:Maximum number of epochs:UserWarning")  # the cap is deliberate
+pytestmark = [pytest.mark.filterwarnings("ignore:Maximum number of epochs:UserWarning"),  # the cap is deliberate
+              pytest.mark.usefixtures("one_torch_thread")]
 KS_CRITICAL_1PCT = 1.628
 """Kolmogorov's 1 % critical value of sqrt(n)·sup|F_n - F|: a calibrated ECP stays within 1.628/sqrt(n) of α."""
 
@@ -53,16 +54,6 @@ class Shrunk:
         draws = self.posterior.sample_batched(sample_shape, x=x, show_progress_bars=False)
         mean = draws.mean(0, keepdim=True)
         return mean + self.factor * (draws - mean)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A small MDN gains nothing from threads, and on a loaded 2-core machine two threads per process slowed its
-    training tenfold (measured: 156 s against 19 s); the setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

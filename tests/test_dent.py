@@ -35,14 +35,7 @@ TRAINING = dict(batch_size=4, learning_rate=1e-3, device="cpu", progress=False, 
 """Small data, few epochs: a learning rate ten times the paper's."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """CNNs this small gain nothing from threads, and on a loaded machine two threads spinning on two cores slow
-    them down thirty-fold; the setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def simulated_pairs(seeds: tuple[int, ...]) -> tuple[DentPairs, DentPairs]:
