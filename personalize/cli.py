@@ -18,6 +18,7 @@ from personalize.embedding import EMBEDDINGS
 from personalize.fit import METHODS, FitSettings
 from personalize.npe import ESTIMATORS
 from personalize.tmcmc import StageLimitReached
+from personalize.virtual_patient import DEFAULT_TIME_STEP_DAYS, PARAMETER_FIELDS, VirtualPatientFitSettings
 from simulators.fisher_kolmogorov import FisherKolmogorov
 from simulators.nifti import NiftiError
 from simulators.seed import PRESETS
@@ -28,6 +29,9 @@ SIMULATE_MODELS = ("fisher-kolmogorov", "microenvironment")
 _FK_ONLY = {"atlas": "--atlas", "wm": "--wm", "gm": "--gm", "csf": "--csf", "D_w": "--D_w", "rho": "--rho",
             "T": "--T", "x": "--x", "y": "--y", "z": "--z", "gm_ratio": "--gm-ratio", "seed_width": "--seed-width",
             "seed_amplitude": "--seed-amplitude", "device": "--device"}
+_MAKE_ONLY = {"grid": "--grid", "spacing": "--spacing", "observed_days": "--observed-days",
+              "patient_seed": "--patient-seed"}
+_FIT_ONLY = {"observation": "--observation", "truth": "--truth", "candidate": "--candidate"}
 _MICROENVIRONMENT_ONLY = {"schedule": "--schedule", "days": "--days", "grid": "--grid",
                           "output_every": "--output-every", "start_day": "--start-day"}
 
@@ -40,6 +44,12 @@ def _days(text: str) -> float:
     except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"expected days as a number or a fraction like 1/48, got {text!r}") from None
     return value
+
+
+def _days_text(value: float) -> str:
+    """``value`` as :func:`_days` reads it back exactly: ``1/12`` for a twelfth of a day, else Python's repr."""
+    inverse = 1.0 / value if value > 0 else 0.0
+    return f"1/{round(inverse)}" if inverse > 1 and 1.0 / round(inverse) == value else repr(value)
 
 
 def _refuse_other_models_options(args: argparse.Namespace, options: dict[str, str], model: str) -> None:
@@ -117,20 +127,21 @@ def _inspect(args: argparse.Namespace) -> None:
     print(json.dumps(summarize(observation), indent=2))
 
 
-def _parameter_values(items: list[str]) -> dict[str, float]:
-    """``["NAME=VALUE", ...]`` as a dict; a malformed item or a repeated name is a ValueError."""
+def _parameter_values(items: list[str], flag: str = "--param") -> dict[str, float]:
+    """``["NAME=VALUE", ...]`` (given after ``flag``) as a dict; a malformed item or a repeated name is a
+    ValueError."""
     values: dict[str, float] = {}
     for item in items:
         name, sep, value = item.partition("=")
         name = name.strip()
         if not sep or not name:
-            raise ValueError(f"--param expects NAME=VALUE, got {item!r}")
+            raise ValueError(f"{flag} expects NAME=VALUE, got {item!r}")
         if name in values:
-            raise ValueError(f"--param {name} given twice")
+            raise ValueError(f"{flag} {name} given twice")
         try:
             values[name] = float(value)
         except ValueError:
-            raise ValueError(f"--param {name}: {value!r} is not a number") from None
+            raise ValueError(f"{flag} {name}: {value!r} is not a number") from None
     return values
 
 
@@ -205,6 +216,70 @@ def _compare(args: argparse.Namespace) -> None:
         print(f"{pair.a:<28}{pair.b:<28}{pair.c2st:>7.3f}{pair.dice_flair:>12.3f}{pair.dice_t1gd:>11.3f}")
     print(f"C2ST over {', '.join(comparison.pairs[0].c2st_parameters)} ({comparison.n_samples} draws per run); "
           f"wrote {comparison.files['comparison']}")
+
+
+def _make_virtual_patient(args: argparse.Namespace) -> None:
+    from personalize.response_run import write_virtual_patient
+    from personalize.virtual_patient import DEFAULT_DAYS, DEFAULT_GRID, DEFAULT_SPACING_MM, DEFAULT_TRUTH, \
+        make_virtual_patient
+    from simulators.treatment import Schedule
+
+    given = [flag for dest, flag in _FIT_ONLY.items() if getattr(args, dest) not in (None, [])]
+    if given:
+        raise ValueError(f"{', '.join(given)} apply to a fit, not to --make-virtual-patient")
+    truth = DEFAULT_TRUTH | _parameter_values(args.make_virtual_patient, "--make-virtual-patient")
+    observation, full = make_virtual_patient(
+        truth, days=args.observed_days or DEFAULT_DAYS,
+        schedule=Schedule.from_toml(args.schedule) if args.schedule else None,
+        seed=0 if args.patient_seed is None else args.patient_seed, noise_seed=args.seed,
+        grid=DEFAULT_GRID if args.grid is None else args.grid,
+        spacing_mm=DEFAULT_SPACING_MM if args.spacing is None else args.spacing, max_time_step_days=args.time_step)
+    files = write_virtual_patient(observation, full, args.out)
+    print(f"wrote a virtual patient to {args.out}: {len(observation.days)} maps of {observation.shape[0]} x "
+          f"{observation.shape[1]} cells on days {', '.join(f'{day:g}' for day in observation.days)}; truth "
+          + ", ".join(f"{name}={value:g}" for name, value in full.items())
+          + f"\nfit it: personalize predict-response --observation {files['observation']} --schedule "
+          f"{files['schedule']} --truth {files['truth']} --time-step {_days_text(args.time_step)} --out FOLDER")
+
+
+def _predict_response(args: argparse.Namespace) -> None:
+    from personalize.fit import summary_table
+    from personalize.predictive.response import CLASSES
+    from personalize.predictive.schedules import NOT_EVALUABLE
+    from personalize.response_run import parse_candidates, read_observation, read_truth, run_predict_response
+
+    if args.make_virtual_patient is not None:
+        _make_virtual_patient(args)
+        return
+    given = [flag for dest, flag in _MAKE_ONLY.items() if getattr(args, dest) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} apply to --make-virtual-patient only")
+    if not args.observation or not args.schedule:
+        raise ValueError("give --observation FILE.npz and --schedule FILE.toml (the treatment the patient received), "
+                         "or --make-virtual-patient to write a synthetic one")
+    candidates = parse_candidates(args.candidate) if args.candidate else None  # bad syntax fails before reading
+    observation = read_observation(args.observation, args.schedule)
+    truth = read_truth(args.truth) if args.truth else None
+    npe = replace(VirtualPatientFitSettings.npe, rounds=args.rounds, simulations=args.simulations,
+                  max_epochs=args.max_epochs)
+    settings = VirtualPatientFitSettings(n_samples=args.samples, chain_steps=args.chain_steps, npe=npe, seed=args.seed,
+                                         workers=args.workers, max_time_step_days=args.time_step)
+    result = run_predict_response(
+        observation, args.out, candidates=candidates, method=args.method, settings=settings,
+        parameters=tuple(args.parameters or PARAMETER_FIELDS), criteria=args.criteria, horizon_days=args.horizon,
+        n_draws=args.draws, truth=truth, progress=not args.quiet,
+        sources={"file": args.observation, "schedule_file": args.schedule})
+    summary = result.summary
+    print(summary_table(summary))
+    classes = (*CLASSES, NOT_EVALUABLE)
+    print(f"{'candidate':<16}" + "".join(f"{name:>7}" for name in classes) + "   median area (mm^2), baseline -> end")
+    for response in result.responses:
+        median = response.tumour_area_mm2[len(response.quantile_levels) // 2]
+        print(f"{response.label:<16}" + "".join(f"{response.class_probabilities[name]:>7.3f}" for name in classes)
+              + f"   {median[0]:.2f} -> {median[-1]:.2f}")
+    print(f"{summary['method']}: {summary['n_simulations']} simulations, {result.wall_s:.0f} s; "
+          f"{args.criteria.upper()} classes at {args.horizon:g} days after each candidate's first dose "
+          f"({args.draws} posterior draws); wrote {args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -356,6 +431,67 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--quiet", action="store_true", help="no progress bars")
     output.add_argument("--out", required=True, help="output folder")
     fit.set_defaults(handler=_fit)
+
+    predict = commands.add_parser(
+        "predict-response", help="personalize the micro-environment model to a virtual patient's tumour maps and "
+                                 "predict its response (RECIST or RANO classes) to candidate schedules")
+    patient = predict.add_argument_group("virtual patient")
+    patient.add_argument("--observation", metavar="FILE.npz",
+                         help="days [D], maps [D, X, Y] of tumour cell density in [0, 1], spacing_mm, seed (the "
+                              "vessel seed)")
+    patient.add_argument("--schedule", metavar="FILE.toml",
+                         help="the treatment the patient received, [[dose]] tables ('dose = []' for none); with "
+                              "--make-virtual-patient the treatment to give (default DENT's protocol from day 14 at "
+                              "level 1)")
+    patient.add_argument("--truth", metavar="FILE.json", help="truth.json of a synthetic patient, marked in the "
+                                                              "summary and the pair plot")
+    patient.add_argument("--make-virtual-patient", nargs="*", metavar="NAME=VALUE",
+                         help="write a synthetic patient (observation.npz, schedule.toml, truth.json) into --out "
+                              "and stop; NAME=VALUE overrides the truth (r_n=0.2 D_n=0.01 d_r=0.5 alpha_mn=0.1 "
+                              "sigma=0.05)")
+    make = predict.add_argument_group("--make-virtual-patient only")
+    make.add_argument("--grid", type=int, metavar="N", help="cells per side (default 41)")
+    make.add_argument("--spacing", type=float, metavar="MM", help="cell size in mm (default 0.25)")
+    make.add_argument("--observed-days", type=_days, nargs="+", metavar="DAY", help="observed days (default 7 14 21)")
+    make.add_argument("--patient-seed", type=int, metavar="N", help="the vessel seed: the patient (default 0)")
+    inference = predict.add_argument_group("inference")
+    inference.add_argument("--method", choices=("tmcmc", "npe"), default="tmcmc",
+                           help="tmcmc (clipped-Gaussian likelihood, default) or npe (sequential NPE on the maps' "
+                                "image moments)")
+    inference.add_argument("--parameters", nargs="+", choices=tuple(PARAMETER_FIELDS), metavar="NAME",
+                           help="model parameters inferred, among r_n D_n d_r alpha_mn (default all; the noise sigma "
+                                "always is; the others stay at the model's defaults)")
+    inference.add_argument("--samples", type=int, default=VirtualPatientFitSettings.n_samples,
+                           help="TMCMC population (default 256)")
+    inference.add_argument("--chain-steps", type=int, default=VirtualPatientFitSettings.chain_steps,
+                           help="TMCMC Metropolis steps per stage (default 2)")
+    inference.add_argument("--rounds", type=int, default=VirtualPatientFitSettings.npe.rounds,
+                           help="NPE rounds (default 2)")
+    inference.add_argument("--simulations", type=int, default=VirtualPatientFitSettings.npe.simulations,
+                           help="NPE simulations per round (default 500)")
+    inference.add_argument("--max-epochs", type=int, help="NPE: cap on training epochs per round")
+    inference.add_argument("--seed", type=int, default=0,
+                           help="random seed of the fit and the draws (with --make-virtual-patient: of the noise)")
+    inference.add_argument("--time-step", type=_days, default=DEFAULT_TIME_STEP_DAYS, metavar="DAYS",
+                           help="the simulations' largest step, days or a fraction (default 1/24; fit with the step "
+                                "a synthetic patient was made with)")
+    inference.add_argument("--workers", type=int, default=VirtualPatientFitSettings.workers,
+                           help="local processes simulating (default 1)")
+    prediction = predict.add_argument_group("prediction")
+    prediction.add_argument("--candidate", action="append", metavar="LABEL=START_DAY:ANTIANGIOGENIC:CHEMO",
+                            help="DENT's protocol from START_DAY at these dose levels, or LABEL=FILE.toml "
+                                 "(repeatable; default: untreated, level-1 and level-2 of both agents from the "
+                                 "patient's first dose day, or its last observed day when untreated)")
+    prediction.add_argument("--criteria", choices=("recist", "rano"), default="recist",
+                            help="response criteria (default recist)")
+    prediction.add_argument("--horizon", type=int, default=7,
+                            help="days from a candidate's first dose to the response (default 7)")
+    prediction.add_argument("--draws", type=int, default=64, help="posterior draws simulated per candidate "
+                                                                  "(default 64)")
+    predict.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
+    predict.add_argument("--quiet", action="store_true", help="no progress bars")
+    predict.add_argument("--out", required=True, help="output folder")
+    predict.set_defaults(handler=_predict_response)
 
     compare = commands.add_parser("compare", help="compare fits of one patient: C2ST, Wasserstein distances, "
                                                   "Dice of the MAP densities, simulations and wall time")

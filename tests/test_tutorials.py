@@ -39,8 +39,27 @@ def check_tmcmc_vs_npe(out: Path, stdout: str) -> None:
     assert (out / "comparison" / "figures" / "pairs.png").is_file()
 
 
+def check_treatment_response(out: Path, stdout: str) -> None:
+    record = json.loads((out / "summary.json").read_text())
+    for name, entry in record["parameters"].items():
+        assert entry["covered"], (name, entry)  # the quick posterior covers the truth
+    responses = {candidate["label"]: candidate for candidate in record["candidates"]}
+    assert list(responses) == ["untreated", "dent", "chemo-3"]
+    for label, response in responses.items():
+        probabilities = response["class_probabilities"]
+        assert sum(probabilities.values()) == pytest.approx(1.0), label
+        printed = "".join(f"{probabilities[name]:>7.3f}" for name in ("CR", "PR", "SD", "PD", "NE"))
+        assert f"{label:<11}{printed}" in stdout  # the printed probabilities are the measured ones
+    responsive = {label: r["group_probabilities"]["responsive"] for label, r in responses.items()}
+    assert responsive["chemo-3"] > responsive["untreated"]
+    final = {label: r["tumour_area_mm2"]["q50"][-1] for label, r in responses.items()}
+    assert final["chemo-3"] < final["dent"] < final["untreated"]
+    assert (out / "patient" / "observation.npz").is_file() and (out / "figures" / "response.png").is_file()
+
+
 CHECKS = {"fit_synthetic_patient": check_fit_synthetic_patient, "tmcmc_vs_npe": check_tmcmc_vs_npe,
-          "microenvironment_treatment": check_microenvironment_treatment}
+          "microenvironment_treatment": check_microenvironment_treatment,
+          "treatment_response": check_treatment_response}
 
 
 @pytest.mark.parametrize("tutorial", TUTORIALS, ids=lambda path: path.stem)
