@@ -158,7 +158,7 @@ def predict_response(
         simulator = DensitySimulator(initial, schedule, days, names, parameters, max_time_step_days)
         masks = evaluate(simulator, theta, executor=executor, chunk_size=chunk_size).numpy() > TUMOUR_THRESHOLD
         areas = masks.sum(axis=(2, 3)) * cell_mm2
-        labels = [_final_class(draw, observation.spacing_mm, criteria, measurable) for draw in masks]
+        labels = [final_class(draw, observation.spacing_mm, criteria, measurable) for draw in masks]
         classes = {name: labels.count(name) / len(labels) for name in (*CLASSES, NOT_EVALUABLE)}
         groups = {group: 0.0 for group in dict.fromkeys(GROUPS.values())} | {NOT_EVALUABLE: classes[NOT_EVALUABLE]}
         for name in CLASSES:
@@ -170,9 +170,10 @@ def predict_response(
     return tuple(responses)
 
 
-def _final_class(masks: np.ndarray, spacing_mm: float, criteria: str, measurable_mm: float) -> str:
-    """The response class of the last of ``masks`` (baseline first), or ``"NE"`` when the baseline holds no
-    measurable tumour."""
+def final_class(masks: np.ndarray, spacing_mm: float, criteria: str, measurable_mm: float) -> str:
+    """The response class (:data:`~personalize.predictive.response.CLASSES`) of the last of ``masks`` ``[T, X, Y]``
+    (bool, baseline first, the earlier ones setting the nadir), or ``"NE"`` when the baseline holds no target of
+    at least ``measurable_mm`` by ``criteria``."""
     spacing = (spacing_mm, spacing_mm)
     if _BASELINE_SUMS[criteria](masks[0], spacing, measurable_mm=measurable_mm) == 0:
         return NOT_EVALUABLE
