@@ -20,7 +20,7 @@ continuing from the previous network, unless ``atomic_loss`` keeps the atomic lo
 sbi 0.27 trains the two vector-field estimators only on prior-like proposals, so their later rounds draw
 from the prior truncated to the current estimate's highest-density region holding 1 − ``truncation_quantile``
 of its mass (TSNPE, Deistler et al., NeurIPS 2022: `sbi.utils.RestrictedPrior` with
-`get_density_thresholder`), which needs no proposal correction.
+:class:`DensityThreshold`), which needs no proposal correction.
 
 A checkpoint is written after every round (the sbi inference object with its simulations and network, the
 proposal, the round records); ``resume=True`` continues from the last one to the same result, since each
@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from sbi.inference import FMPE, NPE, NPSE
 from sbi.neural_nets import posterior_flow_nn, posterior_nn, posterior_score_nn
-from sbi.utils import RestrictedPrior, check_dist_class, get_density_thresholder
+from sbi.utils import RestrictedPrior, check_dist_class
 from torch import nn
 from torch.distributions import Distribution, MultivariateNormal, Uniform
 
@@ -191,6 +191,26 @@ def build_inference(prior: Distribution, settings: NPESettings, embedding: nn.Mo
                 **common)
 
 
+@dataclass(frozen=True, eq=False)
+class DensityThreshold:
+    """The TSNPE truncation (Deistler et al. 2022): θ is kept where the estimate's log density exceeds the
+    ``quantile`` of its own draws' log densities. sbi's ``get_density_thresholder`` computes the same but returns
+    a closure, which a checkpoint cannot pickle; this is the picklable equivalent."""
+
+    posterior: Any
+    log_prob_threshold: float
+
+    @classmethod
+    def of(cls, posterior: Any, quantile: float, n_samples: int) -> DensityThreshold:
+        """The threshold from ``n_samples`` draws of ``posterior`` (sbi's rule: the sorted log density at
+        index ``int(quantile · n_samples)``)."""
+        log_probs = torch.sort(posterior.log_prob(posterior.sample((n_samples,), show_progress_bars=False))).values
+        return cls(posterior, float(log_probs[int(quantile * n_samples)]))
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        return (self.posterior.log_prob(theta) > self.log_prob_threshold).bool()
+
+
 def fingerprint(prior: Distribution, x_o: torch.Tensor, settings: NPESettings, z_score_x: str) -> str:
     """SHA-256 over x_o, a fixed draw of the prior and the settings that change samples."""
     digest = hashlib.sha256()
@@ -293,8 +313,7 @@ def sequential_npe(
             posterior = inference.build_posterior(estimator).set_default_x(x_o)
             state["posterior"] = posterior
             if vector_field and index + 1 < settings.rounds:
-                threshold = get_density_thresholder(posterior, quantile=settings.truncation_quantile,
-                                                    num_samples_to_estimate_support=SUPPORT_SAMPLES)
+                threshold = DensityThreshold.of(posterior, settings.truncation_quantile, SUPPORT_SAMPLES)
                 state["proposal"] = RestrictedPrior(prior, threshold, posterior=posterior, sample_with="sir")
             else:
                 state["proposal"] = posterior

@@ -101,9 +101,11 @@ def test_resume_refuses_the_checkpoint_of_another_run(tmp_path):
 
 
 @pytest.mark.parametrize("estimator", ["fmpe"])
-def test_vector_field_estimators_truncate_the_prior_between_rounds(estimator, measured):
+def test_vector_field_estimators_truncate_the_prior_between_rounds(estimator, measured, tmp_path):
+    """Truncated-prior rounds reach the posterior, and their checkpoint (which holds the truncation) is written."""
     settings = NPESettings(estimator=estimator, rounds=2, simulations=300, n_posterior=300, max_epochs=30, seed=1)
-    result = sequential_npe(PRIOR, simulate, X_O, settings, progress=False)
+    result = sequential_npe(PRIOR, simulate, X_O, settings, progress=False, checkpoint_dir=tmp_path)
+    assert (tmp_path / "npe_round.pkl").is_file()
     truth = true_posterior()
     error = (result.samples.mean(dim=0) - truth.mean).abs().max().item()
     measured(f"{estimator}: largest error of the posterior mean", round(error, 3))
