@@ -186,9 +186,8 @@ def build_inference(prior: Distribution, settings: NPESettings, embedding: nn.Mo
         return (AtomicNPE if settings.atomic_loss else NPE)(prior=prior, density_estimator=builder, **common)
     if settings.estimator == "npse":
         builder = posterior_score_nn(embedding_net=embedding, z_score_x=z_score_x)
-        return NPSE(prior=prior, score_estimator=builder, **common)
-    return FMPE(prior=prior, density_estimator=posterior_flow_nn(embedding_net=embedding, z_score_x=z_score_x),
-                **common)
+        return NPSE(prior=prior, vf_estimator=builder, **common)
+    return FMPE(prior=prior, vf_estimator=posterior_flow_nn(embedding_net=embedding, z_score_x=z_score_x), **common)
 
 
 @dataclass(frozen=True, eq=False)

@@ -72,7 +72,7 @@ def plot_orthogonal_slices(
                 axis.contour(mask[index].T.astype(np.float32), levels=[0.5], colors="deepskyblue",
                              linewidths=1.0, linestyles=style, origin="lower", extent=extent)
                 axis.plot([], [], color="deepskyblue", linestyle=style, label=label)
-        if outlines and name == "axial":
+        if outlines and name == "axial" and axis.get_legend_handles_labels()[0]:  # an outline crosses this slice
             axis.legend(loc="lower left", fontsize=7, framealpha=0.6)
         if name != "sagittal":
             axis.invert_xaxis()  # radiological convention: patient's right on the viewer's left
