@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -137,6 +138,10 @@ _CRITERIA = {
 }
 
 
+CRITERIA = tuple(sorted(_CRITERIA))
+"""The response criteria by name."""
+
+
 def axial_axis(affine: np.ndarray) -> int:
     """The array axis of an image closest to the world's superior–inferior axis, from its 4 × 4 affine.
 
@@ -176,32 +181,32 @@ def measure_lesions(
     return tuple(sorted(lesions, key=lambda lesion: (-lesion.longest_mm, -lesion.perpendicular_mm)))
 
 
-def recist_sum(
-    mask: np.ndarray,
-    spacing: Sequence[float],
-    *,
-    axial_axis: int = -1,
-    measurable_mm: float = 10.0,
-    max_targets: int = 5,
-) -> float:
+def recist_sum(mask: np.ndarray, spacing: Sequence[float], **options: Any) -> float:
     """RECIST 1.1's sum of longest diameters (mm) of the ``max_targets`` largest lesions with L ≥
-    ``measurable_mm`` (RECIST asks for twice the slice thickness when slices are thicker than 5 mm)."""
-    lesions = measure_lesions(mask, spacing, axial_axis=axial_axis)
-    return _total(_targets(lesions, _CRITERIA["recist"], measurable_mm, max_targets), _CRITERIA["recist"])
+    ``measurable_mm`` (RECIST asks for twice the slice thickness when slices are thicker than 5 mm); options as
+    :func:`target_sum`."""
+    return target_sum(mask, spacing, criteria="recist", **options)
 
 
-def rano_sum(
+def rano_sum(mask: np.ndarray, spacing: Sequence[float], **options: Any) -> float:
+    """RANO's sum of products of perpendicular diameters (mm²) of the ``max_targets`` largest lesions with
+    L and P ≥ ``measurable_mm``; options as :func:`target_sum`."""
+    return target_sum(mask, spacing, criteria="rano", **options)
+
+
+def target_sum(
     mask: np.ndarray,
     spacing: Sequence[float],
     *,
+    criteria: str,
     axial_axis: int = -1,
     measurable_mm: float = 10.0,
     max_targets: int = 5,
 ) -> float:
-    """RANO's sum of products of perpendicular diameters (mm²) of the ``max_targets`` largest lesions with
-    L and P ≥ ``measurable_mm``."""
+    """The sum ``criteria`` ("recist" or "rano") takes over the baseline targets of ``mask``."""
+    rule = _rule(criteria)
     lesions = measure_lesions(mask, spacing, axial_axis=axial_axis)
-    return _total(_targets(lesions, _CRITERIA["rano"], measurable_mm, max_targets), _CRITERIA["rano"])
+    return _total(_targets(lesions, rule, measurable_mm, max_targets), rule)
 
 
 def recist_response(sums: Sequence[float]) -> str:
@@ -234,9 +239,7 @@ def assess_response(
     Targets are the ``max_targets`` largest measurable lesions of the baseline and, at each follow-up, as
     many of its largest lesions, of any size (see the module docstring).
     """
-    if criteria not in _CRITERIA:
-        raise ValueError(f"criteria must be one of {sorted(_CRITERIA)}, got {criteria!r}")
-    rule = _CRITERIA[criteria]
+    rule = _rule(criteria)
     if len(masks) < 2:
         raise ValueError(f"response needs a baseline and at least one follow-up mask, got {len(masks)}")
     lesions = [measure_lesions(mask, spacing, axial_axis=axial_axis) for mask in masks]
@@ -256,6 +259,13 @@ def response_group(label: str) -> str:
     if label not in GROUPS:
         raise ValueError(f"response class must be one of {list(CLASSES)}, got {label!r}")
     return GROUPS[label]
+
+
+def _rule(criteria: str) -> _Criteria:
+    """The rules of ``criteria``; a ValueError for an unknown name."""
+    if criteria not in _CRITERIA:
+        raise ValueError(f"criteria must be one of {sorted(_CRITERIA)}, got {criteria!r}")
+    return _CRITERIA[criteria]
 
 
 def _binary(mask: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ import torch
 from personalize.executors import evaluate
 from personalize.microenvironment_run import TUMOUR_THRESHOLD, schedule_doses
 from personalize.posterior import Posterior
-from personalize.predictive.response import CLASSES, GROUPS, assess_response, rano_sum, recist_sum
+from personalize.predictive.response import CLASSES, CRITERIA, GROUPS, assess_response, target_sum
 from personalize.virtual_patient import (
     DEFAULT_TIME_STEP_DAYS,
     PARAMETER_FIELDS,
@@ -43,7 +43,6 @@ from simulators.treatment import Schedule
 
 NOT_EVALUABLE = "NE"
 """A draw whose baseline holds no measurable tumour: RECIST's "not evaluable"."""
-_BASELINE_SUMS = {"recist": recist_sum, "rano": rano_sum}
 
 
 @dataclass(frozen=True)
@@ -131,8 +130,8 @@ def predict_response(
     """
     if not schedules:
         raise ValueError("give at least one candidate schedule")
-    if criteria not in _BASELINE_SUMS:
-        raise ValueError(f"criteria must be one of {sorted(_BASELINE_SUMS)}, got {criteria!r}")
+    if criteria not in CRITERIA:
+        raise ValueError(f"criteria must be one of {sorted(CRITERIA)}, got {criteria!r}")
     for label, schedule in schedules.items():
         if not isinstance(schedule, Schedule) or not schedule.doses:
             raise ValueError(f"schedule {label!r} has no doses: the response is measured from the first dose")
@@ -175,6 +174,6 @@ def final_class(masks: np.ndarray, spacing_mm: float, criteria: str, measurable_
     (bool, baseline first, the earlier ones setting the nadir), or ``"NE"`` when the baseline holds no target of
     at least ``measurable_mm`` by ``criteria``."""
     spacing = (spacing_mm, spacing_mm)
-    if _BASELINE_SUMS[criteria](masks[0], spacing, measurable_mm=measurable_mm) == 0:
+    if target_sum(masks[0], spacing, criteria=criteria, measurable_mm=measurable_mm) == 0:
         return NOT_EVALUABLE
     return assess_response(list(masks), spacing, criteria=criteria, measurable_mm=measurable_mm).final
