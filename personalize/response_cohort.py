@@ -45,7 +45,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from personalize.microenvironment_run import TUMOUR_THRESHOLD
-from personalize.predictive.response import GROUPS
+from personalize.predictive.response import CRITERIA, GROUPS
 from personalize.predictive.schedules import NOT_EVALUABLE, final_class
 from personalize.virtual_patient import (
     DEFAULT_BOUNDS,
@@ -54,8 +54,9 @@ from personalize.virtual_patient import (
     DEFAULT_TIME_STEP_DAYS,
     PARAMETER_FIELDS,
     protocol_schedule,
+    states_on_days,
 )
-from simulators.microenvironment import MicroenvironmentParameters, grow, initial_state, time_step_days
+from simulators.microenvironment import MicroenvironmentParameters, initial_state
 from simulators.nifti import atomic_output
 from simulators.treatment import Schedule
 
@@ -107,7 +108,7 @@ class CohortDesign:
                 raise ValueError(f"bounds of {name} must satisfy 0 < low < high < inf, got ({low}, {high})")
             bounds[name] = (low, high)
         object.__setattr__(self, "bounds", bounds)
-        if self.criteria not in ("rano", "recist"):
+        if self.criteria not in CRITERIA:
             raise ValueError(f"criteria must be 'rano' or 'recist', got {self.criteria!r}")
         steps = round(self.horizon_days / self.every_days) if self.every_days > 0 else 0
         if steps < 1 or abs(steps * self.every_days - self.horizon_days) > 1e-9 * max(1.0, self.horizon_days):
@@ -150,16 +151,11 @@ class CohortDesign:
         if not set(theta) <= set(COHORT_PARAMETERS):
             raise ValueError(f"theta may hold only {', '.join(COHORT_PARAMETERS)}, got {sorted(theta)}")
         parameters = replace(self.parameters, **{PARAMETER_FIELDS[name]: float(value) for name, value in theta.items()})
-        step = time_step_days(self.spacing_mm, parameters, self.max_time_step_days)
-        state = initial_state((self.grid, self.grid), seed=vessel_seed, parameters=self.parameters,
-                              spacing_mm=self.spacing_mm)
-        schedule, day, masks, inputs = self.schedule(), 0.0, [], None
-        for target in self.days:  # as DensitySimulator grows a posterior draw, day by day
-            state, day = grow(state, schedule, target, parameters, from_day=day, max_time_step_days=step), target
-            if inputs is None:
-                inputs = np.stack([state.m, state.n]).astype(np.float32)
-            masks.append(state.n > TUMOUR_THRESHOLD)
-        masks = np.stack(masks)
+        initial = initial_state((self.grid, self.grid), seed=vessel_seed, parameters=self.parameters,
+                                spacing_mm=self.spacing_mm)
+        states = list(states_on_days(initial, self.schedule(), self.days, parameters, self.max_time_step_days))
+        inputs = np.stack([states[0].m, states[0].n]).astype(np.float32)
+        masks = np.stack([state.n > TUMOUR_THRESHOLD for state in states])
         return inputs, masks, final_class(masks, self.spacing_mm, self.criteria, self.measurable)
 
     def settings(self) -> dict:

@@ -66,7 +66,7 @@ What the fitted model predicts under candidate schedules is :mod:`personalize.pr
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, replace
 
@@ -239,6 +239,18 @@ class LogUniformPrior(BoxUniform):
         return self.coordinates.from_physical(theta)
 
 
+def states_on_days(initial: MicroenvironmentState, schedule: Schedule, days: Sequence[float],
+                   parameters: MicroenvironmentParameters, max_time_step_days: float) -> Iterator[MicroenvironmentState]:
+    """The patient ``initial`` (day 0) on each of ``days`` (increasing) under ``schedule``, grown by
+    :func:`simulators.microenvironment.grow` from one day to the next at the largest step up to
+    ``max_time_step_days`` that the explicit diffusion limit allows."""
+    step = time_step_days(initial.spacing_mm, parameters, max_time_step_days)
+    state, day = initial, 0.0
+    for target in days:
+        state, day = grow(state, schedule, target, parameters, from_day=day, max_time_step_days=step), target
+        yield state
+
+
 @dataclass(frozen=True, eq=False)
 class DensitySimulator:
     """θ ``[N, P]`` (physical units, columns named ``names``) → the tumour density n on ``days``
@@ -274,12 +286,10 @@ class DensitySimulator:
                              f"got {tuple(theta.shape)}")
         out = np.empty((theta.shape[0], len(self.days), *self.initial.shape))
         for i, row in enumerate(theta.double().cpu()):
-            parameters = self.model_parameters(row)
-            step = time_step_days(self.initial.spacing_mm, parameters, self.max_time_step_days)
-            state, day = self.initial, 0.0
-            for k, target in enumerate(self.days):
-                state = grow(state, self.schedule, target, parameters, from_day=day, max_time_step_days=step)
-                out[i, k], day = state.n, target
+            states = states_on_days(self.initial, self.schedule, self.days, self.model_parameters(row),
+                                    self.max_time_step_days)
+            for k, state in enumerate(states):
+                out[i, k] = state.n
         return torch.from_numpy(out)
 
 
