@@ -31,7 +31,17 @@ _FK_ONLY = {"atlas": "--atlas", "wm": "--wm", "gm": "--gm", "csf": "--csf", "D_w
             "seed_amplitude": "--seed-amplitude", "device": "--device"}
 _MAKE_ONLY = {"grid": "--grid", "spacing": "--spacing", "observed_days": "--observed-days",
               "patient_seed": "--patient-seed"}
-_FIT_ONLY = {"observation": "--observation", "truth": "--truth", "candidate": "--candidate"}
+_FIT_ONLY = {"observation": "--observation", "truth": "--truth", "candidate": "--candidate", "fit": "--fit"}
+_FIT_FK_ONLY = {"t1gd": "--t1gd", "flair": "--flair", "pet": "--pet", "labels": "--labels", "wm": "--wm", "gm": "--gm",
+                "csf": "--csf", "convention": "--convention", "embedding": "--embedding",
+                "scan_masks": "--scan-masks", "pool": "--pool", "bound": "--bound", "priors": "--priors",
+                "seed_margin": "--seed-margin", "spacing": "--spacing", "margin": "--margin", "device": "--device",
+                "predictive": "--predictive", "threshold": "--threshold"}
+_FIT_MICROENVIRONMENT_ONLY = {"observation": "--observation", "schedule": "--schedule", "parameters": "--parameters",
+                              "time_step": "--time-step"}
+_PREDICT_FIT_OPTIONS = {"method": "--method", "parameters": "--parameters", "samples": "--samples",
+                        "chain_steps": "--chain-steps", "rounds": "--rounds", "simulations": "--simulations",
+                        "max_epochs": "--max-epochs"}
 _MICROENVIRONMENT_ONLY = {"schedule": "--schedule", "days": "--days", "grid": "--grid",
                           "output_every": "--output-every", "start_day": "--start-day"}
 
@@ -175,21 +185,76 @@ def _synth(args: argparse.Namespace) -> None:
           f"truth in {paths['truth']}")
 
 
+def _or(value, default):
+    """``value``, or ``default`` where an option was not given (None)."""
+    return default if value is None else value
+
+
+def _given(args: argparse.Namespace, options: dict[str, str]) -> list[str]:
+    """The flags of ``options`` (dest → flag) set to something other than the subcommand's default."""
+    return [flag for dest, flag in options.items() if getattr(args, dest) != args.parser.get_default(dest)]
+
+
 def _fit(args: argparse.Namespace) -> None:
+    own, other = (_FIT_MICROENVIRONMENT_ONLY, _FIT_FK_ONLY) if args.model == "fisher-kolmogorov" else \
+        (_FIT_FK_ONLY, _FIT_MICROENVIRONMENT_ONLY)
+    given = _given(args, own)
+    if given:
+        model = next(name for name in SIMULATE_MODELS if name != args.model)
+        raise ValueError(f"{', '.join(given)} apply to --model {model} only")
+    if args.model == "microenvironment":
+        _fit_microenvironment(args)
+    else:
+        _fit_fisher_kolmogorov(args)
+
+
+def _fit_microenvironment(args: argparse.Namespace) -> None:
+    from personalize.fit import summary_table
+    from personalize.response_run import read_observation, read_truth, run_fit_virtual_patient
+
+    if not args.observation or not args.schedule:
+        raise ValueError("--model microenvironment needs --observation FILE.npz and --schedule FILE.toml (the "
+                         "treatment the patient received)")
+    defaults = VirtualPatientFitSettings()
+    npe = replace(defaults.npe, estimator=args.estimator, rounds=_or(args.rounds, defaults.npe.rounds),
+                  simulations=_or(args.simulations, defaults.npe.simulations),
+                  n_posterior=_or(args.npe_draws, defaults.npe.n_posterior), max_epochs=args.max_epochs)
+    settings = VirtualPatientFitSettings(
+        n_samples=_or(args.samples, defaults.n_samples), chain_steps=_or(args.chain_steps, defaults.chain_steps),
+        max_stages=args.max_stages, npe=npe, seed=args.seed, workers=args.workers,
+        chunk_size=_or(args.chunk_size, defaults.chunk_size), max_time_step_days=_or(args.time_step,
+                                                                                    DEFAULT_TIME_STEP_DAYS))
+    observation = read_observation(args.observation, args.schedule)
+    truth = read_truth(args.truth) if args.truth else None
+    result = run_fit_virtual_patient(observation, args.out, method=args.method, settings=settings,
+                                     parameters=tuple(args.parameters or PARAMETER_FIELDS), truth=truth,
+                                     sources={"file": args.observation, "schedule_file": args.schedule},
+                                     resume=args.resume, progress=not args.quiet)
+    print(summary_table(result.summary))
+    print(f"{result.summary['method']}: {result.summary['n_simulations']} simulations in {result.wall_s:.0f} s; "
+          f"wrote {args.out}\npredict its response: personalize predict-response --fit {args.out} --observation "
+          f"{args.observation} --schedule {args.schedule} --out FOLDER")
+
+
+def _fit_fisher_kolmogorov(args: argparse.Namespace) -> None:
     from personalize.fit import fit, summary_table, truth_from_json
     from personalize.io import load_observation
     from personalize.priors import parse_bound_overrides
     from simulators.anatomy import Anatomy
 
+    if not args.t1gd or not args.flair:
+        raise ValueError("--model fisher-kolmogorov needs --t1gd and --flair")
     if bool(args.wm) != bool(args.gm):
         raise ValueError("--wm and --gm go together (or give neither for the default atlas)")
     settings = FitSettings(
         method=args.method, convention=args.convention, spacing_mm=args.spacing, margin_mm=args.margin,
-        seed_margin_mm=args.seed_margin, n_samples=args.samples, chain_steps=args.chain_steps,
-        max_stages=args.max_stages, n_predictive=args.predictive, thresholds=tuple(args.threshold or
-        FitSettings.thresholds), seed=args.seed, workers=args.workers, chunk_size=args.chunk_size,
-        device=args.device, estimator=args.estimator, rounds=args.rounds, simulations=args.simulations,
-        npe_draws=args.npe_draws, npe_max_epochs=args.max_epochs, embedding=args.embedding, scan_masks=args.scan_masks, pool=args.pool)
+        seed_margin_mm=args.seed_margin, n_samples=_or(args.samples, FitSettings.n_samples),
+        chain_steps=_or(args.chain_steps, FitSettings.chain_steps), max_stages=args.max_stages,
+        n_predictive=args.predictive, thresholds=tuple(args.threshold or FitSettings.thresholds), seed=args.seed,
+        workers=args.workers, chunk_size=_or(args.chunk_size, FitSettings.chunk_size), device=args.device,
+        estimator=args.estimator, rounds=_or(args.rounds, FitSettings.rounds),
+        simulations=_or(args.simulations, FitSettings.simulations), npe_draws=_or(args.npe_draws, FitSettings.npe_draws),
+        npe_max_epochs=args.max_epochs, embedding=args.embedding, scan_masks=args.scan_masks, pool=args.pool)
     bounds = parse_bound_overrides(args.bound)
     truth = truth_from_json(args.truth) if args.truth else None
     observation = load_observation(args.t1gd, args.flair, args.pet, labels=args.labels, core=True)
@@ -233,20 +298,22 @@ def _make_virtual_patient(args: argparse.Namespace) -> None:
         schedule=Schedule.from_toml(args.schedule) if args.schedule else None,
         seed=0 if args.patient_seed is None else args.patient_seed, noise_seed=args.seed,
         grid=DEFAULT_GRID if args.grid is None else args.grid,
-        spacing_mm=DEFAULT_SPACING_MM if args.spacing is None else args.spacing, max_time_step_days=args.time_step)
+        spacing_mm=DEFAULT_SPACING_MM if args.spacing is None else args.spacing,
+        max_time_step_days=_or(args.time_step, DEFAULT_TIME_STEP_DAYS))
     files = write_virtual_patient(observation, full, args.out)
     print(f"wrote a virtual patient to {args.out}: {len(observation.days)} maps of {observation.shape[0]} x "
           f"{observation.shape[1]} cells on days {', '.join(f'{day:g}' for day in observation.days)}; truth "
           + ", ".join(f"{name}={value:g}" for name, value in full.items())
           + f"\nfit it: personalize predict-response --observation {files['observation']} --schedule "
-          f"{files['schedule']} --truth {files['truth']} --time-step {_days_text(args.time_step)} --out FOLDER")
+          f"{files['schedule']} --truth {files['truth']} --time-step {_days_text(_or(args.time_step, DEFAULT_TIME_STEP_DAYS))} --out FOLDER")
 
 
 def _predict_response(args: argparse.Namespace) -> None:
     from personalize.fit import summary_table
     from personalize.predictive.response import CLASSES
     from personalize.predictive.schedules import NOT_EVALUABLE
-    from personalize.response_run import parse_candidates, read_observation, read_truth, run_predict_response
+    from personalize.response_run import parse_candidates, read_fit, read_observation, read_truth, \
+        run_predict_response
 
     if args.make_virtual_patient is not None:
         _make_virtual_patient(args)
@@ -257,17 +324,28 @@ def _predict_response(args: argparse.Namespace) -> None:
     if not args.observation or not args.schedule:
         raise ValueError("give --observation FILE.npz and --schedule FILE.toml (the treatment the patient received), "
                          "or --make-virtual-patient to write a synthetic one")
+    if args.fit:
+        given = _given(args, _PREDICT_FIT_OPTIONS)
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to a fit, not to predictions from --fit {args.fit}")
     candidates = parse_candidates(args.candidate) if args.candidate else None  # bad syntax fails before reading
     observation = read_observation(args.observation, args.schedule)
     truth = read_truth(args.truth) if args.truth else None
+    fitted, time_step = None, _or(args.time_step, DEFAULT_TIME_STEP_DAYS)
+    if args.fit:
+        fitted, fitted_step = read_fit(args.fit, observation)
+        if args.time_step is not None and args.time_step != fitted_step:
+            raise ValueError(f"--time-step {_days_text(args.time_step)} differs from the fit's "
+                             f"{_days_text(fitted_step)} ({args.fit}): predict with the model that was fitted")
+        time_step = fitted_step
     npe = replace(VirtualPatientFitSettings.npe, rounds=args.rounds, simulations=args.simulations,
                   max_epochs=args.max_epochs)
     settings = VirtualPatientFitSettings(n_samples=args.samples, chain_steps=args.chain_steps, npe=npe, seed=args.seed,
-                                         workers=args.workers, max_time_step_days=args.time_step)
+                                         workers=args.workers, max_time_step_days=time_step)
     result = run_predict_response(
         observation, args.out, candidates=candidates, method=args.method, settings=settings,
         parameters=tuple(args.parameters or PARAMETER_FIELDS), criteria=args.criteria, horizon_days=args.horizon,
-        n_draws=args.draws, truth=truth, progress=not args.quiet,
+        n_draws=args.draws, truth=truth, progress=not args.quiet, fitted=fitted,
         sources={"file": args.observation, "schedule_file": args.schedule})
     summary = result.summary
     print(summary_table(summary))
@@ -368,10 +446,14 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, help="output folder")
     synth.set_defaults(handler=_synth)
 
-    fit = commands.add_parser("fit", help="posterior over the growth model's parameters given a patient's scans")
-    scans = fit.add_argument_group("scans")
-    scans.add_argument("--t1gd", required=True, help="T1Gd segmentation (binary mask or label map)")
-    scans.add_argument("--flair", required=True, help="FLAIR segmentation (binary mask or label map)")
+    fit = commands.add_parser("fit", help="posterior over a model's parameters: the growth model given a patient's "
+                                          "scans, or the micro-environment model given a virtual patient's maps")
+    fit.add_argument("--model", choices=SIMULATE_MODELS, default="fisher-kolmogorov",
+                     help="fisher-kolmogorov (default: a glioma from T1Gd/FLAIR masks and PET) or microenvironment "
+                          "(a virtual patient's tumour maps; --observation, --schedule)")
+    scans = fit.add_argument_group("scans (fisher-kolmogorov)")
+    scans.add_argument("--t1gd", help="T1Gd segmentation (binary mask or label map)")
+    scans.add_argument("--flair", help="FLAIR segmentation (binary mask or label map)")
     scans.add_argument("--pet", help="FET-PET map (optional)")
     scans.add_argument("--labels", help="label convention: brats, gliodil, predictgbm or gliomasolver")
     tissue = fit.add_argument_group("anatomy (the patient's tissue maps on the scans' grid, or the default "
@@ -385,20 +467,23 @@ def build_parser() -> argparse.ArgumentParser:
                              "estimation, likelihood learned from simulated scans); default tmcmc")
     engine.add_argument("--convention", choices=("thesis", "gliomasolver"), default="thesis",
                         help="likelihood form (default thesis: Lipkova's Eq. 6 and PET ~ N(b u, sigma^2))")
-    engine.add_argument("--samples", type=int, default=FitSettings.n_samples, help="TMCMC population size")
-    engine.add_argument("--chain-steps", type=int, default=FitSettings.chain_steps,
-                        help="Metropolis steps per chain and stage")
+    engine.add_argument("--samples", type=int, help=f"TMCMC population size (default {FitSettings.n_samples}; "
+                                                   f"microenvironment {VirtualPatientFitSettings.n_samples})")
+    engine.add_argument("--chain-steps", type=int, help=f"Metropolis steps per chain and stage (default "
+                                                        f"{FitSettings.chain_steps})")
     engine.add_argument("--max-stages", type=int, default=FitSettings.max_stages, help="TMCMC stage limit")
     engine.add_argument("--seed", type=int, default=0, help="random seed (the fit is reproducible)")
     npe = fit.add_argument_group("sequential NPE (--method npe)")
     npe.add_argument("--estimator", choices=ESTIMATORS, default=FitSettings.estimator,
                      help="mdn (mixture density network, default), nsf (spline flow), npse (score-based "
                           "diffusion) or fmpe (flow matching)")
-    npe.add_argument("--rounds", type=int, default=FitSettings.rounds, help="simulation rounds (default 4)")
-    npe.add_argument("--simulations", type=int, default=FitSettings.simulations,
-                     help="simulations per round (default 1000)")
-    npe.add_argument("--npe-draws", type=int, default=FitSettings.npe_draws,
-                     help="samples drawn from the final estimate (default 4000)")
+    npe.add_argument("--rounds", type=int, help=f"simulation rounds (default {FitSettings.rounds}; microenvironment "
+                                                f"{VirtualPatientFitSettings.npe.rounds})")
+    npe.add_argument("--simulations", type=int, help=f"simulations per round (default {FitSettings.simulations}; "
+                                                     f"microenvironment {VirtualPatientFitSettings.npe.simulations})")
+    npe.add_argument("--npe-draws", type=int, help=f"samples drawn from the final estimate (default "
+                                                   f"{FitSettings.npe_draws}; microenvironment "
+                                                   f"{VirtualPatientFitSettings.npe.n_posterior})")
     npe.add_argument("--max-epochs", type=int, help="cap on training epochs per round (default: early stopping)")
     npe.add_argument("--embedding", choices=EMBEDDINGS, default=FitSettings.embedding,
                      help="how the network sees the scans: moments (each scan's mass, centroid and spread, default), "
@@ -420,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--workers", type=int, default=FitSettings.workers,
                       help="local processes evaluating each population (default 1: threads in one process)")
     grid.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
-    grid.add_argument("--chunk-size", type=int, default=FitSettings.chunk_size, help="simulations per batch")
+    grid.add_argument("--chunk-size", type=int, help=f"simulations per batch (default {FitSettings.chunk_size}; "
+                                                     f"microenvironment {VirtualPatientFitSettings.chunk_size})")
     grid.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     output = fit.add_argument_group("output")
     output.add_argument("--predictive", type=int, default=FitSettings.n_predictive,
@@ -430,7 +516,18 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--truth", help="truth.json of a synthetic case, marked in the pair plot")
     output.add_argument("--quiet", action="store_true", help="no progress bars")
     output.add_argument("--out", required=True, help="output folder")
-    fit.set_defaults(handler=_fit)
+    micro = fit.add_argument_group("virtual patient (microenvironment)")
+    micro.add_argument("--observation", metavar="FILE.npz",
+                       help="days [D], maps [D, X, Y] of tumour cell density in [0, 1], spacing_mm, seed (the vessel "
+                            "seed), as predict-response --make-virtual-patient writes")
+    micro.add_argument("--schedule", metavar="FILE.toml", help="the treatment the patient received, [[dose]] tables "
+                                                               "('dose = []' for none)")
+    micro.add_argument("--parameters", nargs="+", choices=tuple(PARAMETER_FIELDS), metavar="NAME",
+                       help="model parameters inferred, among r_n D_n d_r alpha_mn (default all; the noise sigma "
+                            "always is)")
+    micro.add_argument("--time-step", type=_days, metavar="DAYS",
+                       help="the simulations' largest step, days or a fraction (default 1/24)")
+    fit.set_defaults(handler=_fit, parser=fit)
 
     predict = commands.add_parser(
         "predict-response", help="personalize the micro-environment model to a virtual patient's tumour maps and "
@@ -472,9 +569,12 @@ def build_parser() -> argparse.ArgumentParser:
     inference.add_argument("--max-epochs", type=int, help="NPE: cap on training epochs per round")
     inference.add_argument("--seed", type=int, default=0,
                            help="random seed of the fit and the draws (with --make-virtual-patient: of the noise)")
-    inference.add_argument("--time-step", type=_days, default=DEFAULT_TIME_STEP_DAYS, metavar="DAYS",
-                           help="the simulations' largest step, days or a fraction (default 1/24; fit with the step "
-                                "a synthetic patient was made with)")
+    inference.add_argument("--time-step", type=_days, metavar="DAYS",
+                           help="the simulations' largest step, days or a fraction (default 1/24, or the --fit's; fit "
+                                "with the step a synthetic patient was made with)")
+    inference.add_argument("--fit", metavar="FOLDER",
+                           help="predict from a fit written before (personalize fit --model microenvironment, or "
+                                "another predict-response run) of the same observation, instead of fitting")
     inference.add_argument("--workers", type=int, default=VirtualPatientFitSettings.workers,
                            help="local processes simulating (default 1)")
     prediction = predict.add_argument_group("prediction")
@@ -491,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
     predict.add_argument("--quiet", action="store_true", help="no progress bars")
     predict.add_argument("--out", required=True, help="output folder")
-    predict.set_defaults(handler=_predict_response)
+    predict.set_defaults(handler=_predict_response, parser=predict)
 
     compare = commands.add_parser("compare", help="compare fits of one patient: C2ST, Wasserstein distances, "
                                                   "Dice of the MAP densities, simulations and wall time")

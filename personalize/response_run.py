@@ -2,6 +2,7 @@
 drug-response parameters → the response it predicts under candidate schedules, written to a folder.
 
     observation.npz + schedule.toml ──► fit_virtual_patient (TMCMC or sequential NPE) ──► Posterior
+                                        (or a fit folder written before: read_fit)
     Posterior ──► predict_response (one per candidate) ──► tumour area and response class per schedule
 
 Files a virtual patient is read from (and :func:`write_virtual_patient` writes):
@@ -26,10 +27,16 @@ last observed day.
 The output folder holds ``posterior.nc`` (arviz), ``summary.json`` (:func:`run_summary`) and ``figures/``:
 ``observation.png`` (the maps, one panel per day), ``pairs.png`` (the posterior) and ``response.png`` (per
 candidate the tumour area's quantile bands over time and the response-class probabilities).
+
+The fit alone is ``personalize fit --model microenvironment`` (:func:`run_fit_virtual_patient`: the same folder
+without ``response.png`` and candidates, a checkpoint after each TMCMC stage or NPE round); ``personalize
+predict-response --fit FOLDER`` then predicts from that posterior (:func:`read_fit`, which checks that the fit
+is of the same maps, days, grid, vessel seed and schedule), so candidates can be tried without fitting again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -70,6 +77,8 @@ from simulators.treatment import Schedule  # noqa: E402
 OBSERVATION_FILE = "observation.npz"
 SCHEDULE_FILE = "schedule.toml"
 TRUTH_FILE = "truth.json"
+POSTERIOR_FILE = "posterior.nc"
+SUMMARY_FILE = "summary.json"
 OBSERVATION_KEYS = ("days", "maps", "spacing_mm", "seed")
 CRITERIA = ("recist", "rano")
 _FORMAT = "days [D], maps [D, X, Y] in [0, 1], spacing_mm (mm) and seed (an integer)"
@@ -92,6 +101,12 @@ def write_observation(observation: VirtualPatientObservation, path: str | os.Pat
                             maps=np.asarray(observation.maps, dtype=np.float64),
                             spacing_mm=np.float64(observation.spacing_mm), seed=np.int64(observation.seed))
     return path
+
+
+def maps_digest(observation: VirtualPatientObservation) -> str:
+    """SHA-256 of the observed maps (float64, C order): recorded in a fit's summary, so a fit is matched to the
+    maps it was fitted to."""
+    return hashlib.sha256(np.ascontiguousarray(observation.maps, dtype=np.float64).tobytes()).hexdigest()
 
 
 def read_observation(path: str | os.PathLike[str], schedule_path: str | os.PathLike[str]) -> VirtualPatientObservation:
@@ -245,13 +260,13 @@ def parameter_summary(posterior: Posterior, truth: Mapping[str, float] | None = 
     return summary
 
 
-def run_summary(posterior: Posterior, responses: Sequence[ScheduleResponse], observation: VirtualPatientObservation,
-                *, settings: Mapping[str, object], wall_s: float, truth: Mapping[str, float] | None = None,
-                sources: Mapping[str, str] | None = None) -> dict[str, object]:
+def run_summary(posterior: Posterior, responses: Sequence[ScheduleResponse] | None,
+                observation: VirtualPatientObservation, *, settings: Mapping[str, object], wall_s: float,
+                truth: Mapping[str, float] | None = None, sources: Mapping[str, str] | None = None) -> dict[str, object]:
     """The content of ``summary.json``: the fit (method, simulations, wall time, log-evidence, per parameter MAP,
-    mean, 90 % interval, unit, and truth where known), the observation, the run's settings, and each candidate's
-    :meth:`ScheduleResponse.to_dict`."""
-    return {
+    mean, 90 % interval, unit, and truth where known), the observation, the run's settings, and, where a run
+    predicted (``responses`` not None), each candidate's :meth:`ScheduleResponse.to_dict`."""
+    summary = {
         "method": posterior.method,
         "simulator": "microenvironment",
         "n_simulations": int(posterior.n_simulations),
@@ -261,10 +276,12 @@ def run_summary(posterior: Posterior, responses: Sequence[ScheduleResponse], obs
         "parameters": parameter_summary(posterior, truth),
         "observation": {**dict(sources or {}), "days": list(observation.days), "grid": list(observation.shape),
                         "spacing_mm": observation.spacing_mm, "seed": observation.seed,
-                        "schedule": schedule_doses(observation.schedule)},
+                        "maps_sha256": maps_digest(observation), "schedule": schedule_doses(observation.schedule)},
         "settings": dict(settings),
-        "candidates": [response.to_dict() for response in responses],
     }
+    if responses is not None:
+        summary["candidates"] = [response.to_dict() for response in responses]
+    return summary
 
 
 def plot_observation(observation: VirtualPatientObservation, path: str | os.PathLike[str], title: str = "") -> Path:
@@ -327,8 +344,25 @@ def plot_responses(responses: Sequence[ScheduleResponse], path: str | os.PathLik
 
 
 @dataclass(frozen=True)
+class VirtualPatientFit:
+    """What ``personalize fit --model microenvironment`` produced and where it wrote it.
+
+    Attributes:
+        posterior: the fit, in physical units.
+        summary: the content of ``summary.json``.
+        files: ``posterior``, ``summary``, ``observation_figure``, ``pairs_figure``.
+        wall_s: the whole run's wall time.
+    """
+
+    posterior: Posterior
+    summary: dict[str, object]
+    files: dict[str, Path]
+    wall_s: float
+
+
+@dataclass(frozen=True)
 class ResponseRun:
-    """What a run produced and where it wrote it.
+    """What a ``personalize predict-response`` run produced and where it wrote it.
 
     Attributes:
         posterior: the fit, in physical units.
@@ -345,6 +379,109 @@ class ResponseRun:
     wall_s: float
 
 
+def _write_posterior(posterior: Posterior, observation: VirtualPatientObservation, out: Path, *, seed: int,
+                     truth: Mapping[str, float] | None) -> dict[str, Path]:
+    """``posterior.nc`` and the figures ``observation.png`` and ``pairs.png`` (truth and MAP marked) in ``out``."""
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    files = {"posterior": out / POSTERIOR_FILE}
+    with atomic_output(files["posterior"]) as temporary:
+        posterior.to_inference_data().to_netcdf(str(temporary))
+    files["observation_figure"] = plot_observation(observation, figures / "observation.png")
+    draws = posterior.resample(min(len(posterior.samples), 4000), seed=seed).samples
+    best = posterior.samples[posterior.map_index()] if posterior.log_density is not None else None
+    files["pairs_figure"] = plot_pairs(draws, posterior.parameter_names, figures / "pairs.png",
+                                       units=posterior.units, truth=dict(truth) if truth else None, best=best)
+    return files
+
+
+def _write_summary(summary: Mapping[str, object], out: Path) -> Path:
+    path = out / SUMMARY_FILE
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(summary, indent=2) + "\n")
+    return path
+
+
+def _check_method(method: str) -> None:
+    if method not in ("tmcmc", "npe"):
+        raise ValueError(f"method must be 'tmcmc' or 'npe', got {method!r}")
+
+
+def _fit_record(method: str, bounds: Mapping[str, tuple[float, float]],
+                settings: VirtualPatientFitSettings) -> dict[str, object]:
+    return {"method": method, "parameters": list(bounds), "bounds": {k: list(v) for k, v in bounds.items()},
+            "fit": asdict(settings)}
+
+
+def run_fit_virtual_patient(
+    observation: VirtualPatientObservation,
+    out: str | os.PathLike[str],
+    *,
+    method: str = "tmcmc",
+    settings: VirtualPatientFitSettings = VirtualPatientFitSettings(),
+    parameters: Sequence[str] = tuple(PARAMETER_FIELDS),
+    truth: Mapping[str, float] | None = None,
+    sources: Mapping[str, str] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> VirtualPatientFit:
+    """Fit ``observation`` and write ``posterior.nc``, ``summary.json`` and the figures ``observation.png`` and
+    ``pairs.png`` into ``out``: what ``personalize fit --model microenvironment`` does, readable later by
+    :func:`read_fit` (``personalize predict-response --fit``).
+
+    The engine checkpoints into ``out/checkpoint`` after each TMCMC stage or NPE round; ``resume`` continues
+    from there. Arguments as :func:`run_predict_response`'s.
+
+    Raises:
+        ValueError: bad settings or parameters, before any simulation.
+    """
+    began = time.perf_counter()
+    _check_method(method)
+    bounds = fit_bounds(parameters)
+    out = Path(out)
+    posterior = fit_virtual_patient(observation, method, settings, bounds=bounds, checkpoint_dir=str(out / "checkpoint"),
+                                    resume=resume, progress=progress)
+    files = _write_posterior(posterior, observation, out, seed=settings.seed, truth=truth)
+    wall_s = time.perf_counter() - began
+    summary = run_summary(posterior, None, observation, settings=_fit_record(method, bounds, settings), wall_s=wall_s,
+                          truth=truth, sources=sources)
+    files["summary"] = _write_summary(summary, out)
+    return VirtualPatientFit(posterior=posterior, summary=summary, files=files, wall_s=wall_s)
+
+
+def read_fit(folder: str | os.PathLike[str], observation: VirtualPatientObservation) -> tuple[Posterior, float]:
+    """The posterior of a fit folder written by :func:`run_fit_virtual_patient` (or by a predict-response run) and
+    the simulations' largest step it was fitted with, after checking it fitted ``observation``.
+
+    Raises:
+        ValueError: a missing or unreadable file, a fit of another model, or of another observation (days,
+            grid, spacing, vessel seed or maps differ); the message names the folder.
+    """
+    folder = Path(folder)
+    try:
+        summary = json.loads((folder / SUMMARY_FILE).read_text())
+        posterior = Posterior.from_netcdf(folder / POSTERIOR_FILE)
+    except FileNotFoundError as error:
+        raise ValueError(f"{folder}: not a fit folder ({Path(error.filename).name} missing)") from None
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"{folder}: unreadable fit ({type(error).__name__}: {' '.join(str(error).split()[:12])})") \
+            from None
+    if summary.get("simulator") != "microenvironment":
+        raise ValueError(f"{folder}: a fit of {summary.get('simulator')!r}, not of the micro-environment model")
+    recorded = summary.get("observation", {})
+    expected = {"days": list(observation.days), "grid": list(observation.shape), "spacing_mm": observation.spacing_mm,
+                "seed": observation.seed, "maps_sha256": maps_digest(observation),
+                "schedule": schedule_doses(observation.schedule)}
+    differing = [key for key, value in expected.items() if recorded.get(key) != value]
+    if differing:
+        raise ValueError(f"{folder}: fitted another observation ({', '.join(differing)} differ)")
+    if posterior.parameter_names[-1:] != (NOISE,):
+        raise ValueError(f"{folder}: the posterior's parameters {list(posterior.parameter_names)} are not a virtual "
+                         f"patient's (model parameters, then {NOISE})")
+    check_names(posterior.parameter_names)
+    return posterior, float(summary["settings"]["fit"]["max_time_step_days"])
+
+
 def run_predict_response(
     observation: VirtualPatientObservation,
     out: str | os.PathLike[str],
@@ -358,9 +495,11 @@ def run_predict_response(
     n_draws: int = 64,
     truth: Mapping[str, float] | None = None,
     sources: Mapping[str, str] | None = None,
+    fitted: Posterior | None = None,
     progress: bool = True,
 ) -> ResponseRun:
-    """Fit ``observation``, predict its response to each candidate, and write the outputs into ``out``.
+    """Fit ``observation`` (or take its posterior ``fitted``), predict its response to each candidate, and write the
+    outputs into ``out``.
 
     Args:
         observation: the virtual patient.
@@ -373,6 +512,8 @@ def run_predict_response(
         criteria, horizon_days, n_draws: :func:`predict_response`'s (response followed every day).
         truth: the truth of a synthetic patient, marked in the summary and the pair plot.
         sources: input file names recorded under ``observation`` in the summary.
+        fitted: a posterior of this observation (:func:`read_fit`): no fit is run, and ``method`` and
+            ``parameters`` are ignored.
         progress: progress bars.
 
     Raises:
@@ -381,18 +522,18 @@ def run_predict_response(
     began = time.perf_counter()
     if criteria not in CRITERIA:
         raise ValueError(f"criteria must be one of {', '.join(CRITERIA)}, got {criteria!r}")
-    if method not in ("tmcmc", "npe"):
-        raise ValueError(f"method must be 'tmcmc' or 'npe', got {method!r}")
+    _check_method(method)
     if n_draws < 1 or not (math.isfinite(horizon_days) and horizon_days >= 1 and float(horizon_days).is_integer()):
         raise ValueError(f"draws must be >= 1 and the horizon a positive whole number of days, got {n_draws} "
                          f"and {horizon_days}")
-    bounds = fit_bounds(parameters)
+    bounds = fit_bounds(parameters if fitted is None else fitted.parameter_names)
     candidates = default_candidates(observation) if candidates is None else dict(candidates)
     for label, schedule in candidates.items():
         if not schedule.doses:
             raise ValueError(f"candidate {label!r} has no doses: the response is measured from the first dose")
 
-    posterior = fit_virtual_patient(observation, method, settings, bounds=bounds, progress=progress)
+    posterior = fit_virtual_patient(observation, method, settings, bounds=bounds, progress=progress) \
+        if fitted is None else fitted
     executor = local_executor(settings.workers)
     try:
         responses = tuple(
@@ -406,26 +547,15 @@ def run_predict_response(
             executor.shutdown()
 
     out = Path(out)
-    figures = out / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
-    files = {"posterior": out / "posterior.nc"}
-    with atomic_output(files["posterior"]) as temporary:
-        posterior.to_inference_data().to_netcdf(str(temporary))
-    files["observation_figure"] = plot_observation(observation, figures / "observation.png")
-    draws = posterior.resample(min(len(posterior.samples), 4000), seed=settings.seed).samples
-    best = posterior.samples[posterior.map_index()] if posterior.log_density is not None else None
-    files["pairs_figure"] = plot_pairs(draws, posterior.parameter_names, figures / "pairs.png",
-                                       units=posterior.units, truth=dict(truth) if truth else None, best=best)
+    files = _write_posterior(posterior, observation, out, seed=settings.seed, truth=truth)
     files["response_figure"] = plot_responses(
-        responses, figures / "response.png",
+        responses, out / "figures" / "response.png",
         title=f"{posterior.method}: {posterior.n_simulations} simulations; {len(candidates)} candidate schedules")
-    settings_record = {"method": method, "parameters": list(bounds), "bounds": {k: list(v) for k, v in bounds.items()},
+    settings_record = {**_fit_record(posterior.method if fitted is not None else method, bounds, settings),
                        "criteria": criteria, "horizon_days": float(horizon_days), "n_draws": int(n_draws),
-                       "fit": asdict(settings)}
+                       "fitted_before": fitted is not None}
     wall_s = time.perf_counter() - began
     summary = run_summary(posterior, responses, observation, settings=settings_record, wall_s=wall_s, truth=truth,
                           sources=sources)
-    files["summary"] = out / "summary.json"
-    with atomic_output(files["summary"]) as temporary:
-        temporary.write_text(json.dumps(summary, indent=2) + "\n")
+    files["summary"] = _write_summary(summary, out)
     return ResponseRun(posterior=posterior, responses=responses, summary=summary, files=files, wall_s=wall_s)

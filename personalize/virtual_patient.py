@@ -66,9 +66,11 @@ What the fitted model predicts under candidate schedules is :mod:`personalize.pr
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -401,6 +403,32 @@ def map_features(kind: str, maps: torch.Tensor) -> torch.Tensor:
     return moments[:, :, list(_MOMENT_COLUMNS)].flatten(start_dim=1)
 
 
+@dataclass(frozen=True, eq=False)
+class SimulatedFeatures:
+    """z = log θ ``[N, P]`` → what NPE sees of simulated noisy maps, :func:`map_features` ``[N, F]`` (float32).
+
+    Attributes:
+        maps: the noisy-map simulator (θ in physical units).
+        coordinates: z ↔ θ (:attr:`LogUniformPrior.coordinates`).
+        features: :data:`FEATURES`' kind.
+        executor: simulates the rows in chunks (None: in this process).
+        chunk_size: rows per chunk.
+        progress: a progress bar over the simulations.
+    """
+
+    maps: NoisyMaps
+    coordinates: LogCoordinates
+    features: str = "moments"
+    executor: Executor | None = None
+    chunk_size: int = 16
+    progress: bool = False
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        x = evaluate(FunctionInCoordinates(self.maps, self.coordinates), z.double(), executor=self.executor,
+                     chunk_size=self.chunk_size, progress="NPE simulations" if self.progress else None)
+        return map_features(self.features, x).float()
+
+
 @dataclass(frozen=True)
 class VirtualPatientFitSettings:
     """How :func:`fit_virtual_patient` runs.
@@ -445,7 +473,7 @@ def fit_virtual_patient(
     *,
     bounds: Mapping[str, tuple[float, float]] = DEFAULT_BOUNDS,
     parameters: MicroenvironmentParameters = MicroenvironmentParameters(),
-    checkpoint_dir: str | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
     progress: bool = False,
 ) -> Posterior:
@@ -471,8 +499,8 @@ def fit_virtual_patient(
             sampled = tmcmc(FunctionInCoordinates(likelihood, prior.coordinates), prior, n_samples=settings.n_samples,
                             seed=settings.seed, parameter_names=prior.names, target_cov=settings.target_cov,
                             chain_steps=settings.chain_steps, executor=executor, chunk_size=settings.chunk_size,
-                            checkpoint_dir=checkpoint_dir, resume=resume, progress=progress,
-                            max_stages=settings.max_stages, units=prior.units)
+                            checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir), resume=resume,
+                            progress=progress, max_stages=settings.max_stages, units=prior.units)
         else:
             sampled = _npe(observation, prior, NoisyMaps(simulator, settings.seed), settings, executor,
                            checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)
@@ -483,16 +511,11 @@ def fit_virtual_patient(
 
 
 def _npe(observation: VirtualPatientObservation, prior: LogUniformPrior, maps: NoisyMaps,
-         settings: VirtualPatientFitSettings, executor: Executor | None, *, checkpoint_dir: str | None,
+         settings: VirtualPatientFitSettings, executor: Executor | None, *,
+         checkpoint_dir: str | os.PathLike[str] | None,
          resume: bool, progress: bool) -> Posterior:
     """Sequential NPE in z; the samples and the estimate's log densities of z as a :class:`Posterior`."""
-    simulate = FunctionInCoordinates(maps, prior.coordinates)
-
-    def features(z: torch.Tensor) -> torch.Tensor:
-        x = evaluate(simulate, z.double(), executor=executor, chunk_size=settings.chunk_size,
-                     progress="NPE simulations" if progress else None)
-        return map_features(settings.features, x).float()
-
+    features = SimulatedFeatures(maps, prior.coordinates, settings.features, executor, settings.chunk_size, progress)
     x_o = map_features(settings.features, torch.from_numpy(np.array(observation.maps))[None]).float()[0]
     result = sequential_npe(prior, features, x_o, replace(settings.npe, seed=settings.seed),
                             checkpoint_dir=checkpoint_dir,

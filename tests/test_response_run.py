@@ -27,6 +27,7 @@ from personalize.response_run import (
     parse_candidates,
     read_observation,
     schedule_toml,
+    write_observation,
 )
 from personalize.virtual_patient import VirtualPatientObservation, make_virtual_patient, protocol_schedule
 from simulators.treatment import Dose, Schedule
@@ -111,6 +112,78 @@ def test_predict_response_writes_a_readable_posterior_summary_and_figures(run, m
     for figure in ("observation", "pairs", "response"):
         assert (out / "figures" / f"{figure}.png").stat().st_size > 10_000, figure
     assert not list(out.rglob(".partial-*"))
+
+
+@pytest.fixture(scope="module")
+def fitted(made, tmp_path_factory) -> Path:
+    """The patient fitted alone, by ``personalize fit --model microenvironment``."""
+    out = tmp_path_factory.mktemp("fit") / "fit"
+    fit_args = [arg for arg in TINY_FIT if arg not in ("--draws", "6")]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["fit", "--model", "microenvironment", "--observation", str(made / "observation.npz"),
+                     "--schedule", str(made / "schedule.toml"), "--truth", str(made / "truth.json"), *fit_args,
+                     "--out", str(out)]) == 0
+    return out
+
+
+def test_fit_by_model_name_writes_the_fit_and_a_checkpoint_per_stage(fitted, run):
+    summary = json.loads((fitted / "summary.json").read_text())
+    assert summary["simulator"] == "microenvironment" and summary["method"] == "tmcmc"
+    assert "candidates" not in summary and list(summary["parameters"]) == ["r_n", "d_r", "sigma"]
+    posterior = Posterior.from_netcdf(fitted / "posterior.nc")
+    assert posterior.n_simulations == summary["n_simulations"] > 0
+    assert len(list((fitted / "checkpoint").glob("stage_*.pt"))) == len(posterior.stages)
+    for figure in ("observation", "pairs"):
+        assert (fitted / "figures" / f"{figure}.png").stat().st_size > 10_000, figure
+    # the same observation, engine, seed and settings as predict-response's own fit: the same posterior
+    predicted = json.loads((run[0] / "summary.json").read_text())
+    assert summary["parameters"] == predicted["parameters"]
+
+
+def test_predictions_from_a_fit_folder_reuse_its_posterior_without_fitting_again(fitted, made, tmp_path):
+    out = tmp_path / "predicted"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["predict-response", "--fit", str(fitted), "--observation", str(made / "observation.npz"),
+                     "--schedule", str(made / "schedule.toml"), "--candidate", "none=6:0:0", "--draws", "4",
+                     "--threads", "1", "--quiet", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    fit_summary = json.loads((fitted / "summary.json").read_text())
+    assert summary["settings"]["fitted_before"] and summary["n_simulations"] == fit_summary["n_simulations"]
+    assert summary["settings"]["fit"]["max_time_step_days"] == pytest.approx(1 / 12)  # the fit's, not the default
+    assert Posterior.from_netcdf(out / "posterior.nc").samples.tolist() == \
+        Posterior.from_netcdf(fitted / "posterior.nc").samples.tolist()
+    assert [c["n_draws"] for c in summary["candidates"]] == [4]
+
+
+def test_a_fit_of_other_maps_or_another_schedule_or_model_is_refused(fitted, made, tmp_path, capsys):
+    other, _ = make_virtual_patient({"sigma": 0.1, "r_n": 0.3}, days=(4.0, 8.0),
+                                    schedule=Schedule.from_toml(made / "schedule.toml"), grid=15, spacing_mm=0.5,
+                                    max_time_step_days=1 / 12)
+    write_observation(other, tmp_path / "other.npz")
+    (tmp_path / "stronger.toml").write_text(schedule_toml(protocol_schedule(6.0, 2.0, 2.0)))
+    out = tmp_path / "never"
+    observation, schedule = str(made / "observation.npz"), str(made / "schedule.toml")
+    for args, problem in (
+            (["predict-response", "--fit", str(fitted), "--observation", str(tmp_path / "other.npz"), "--schedule",
+              schedule], "fitted another observation (maps_sha256 differ)"),
+            (["predict-response", "--fit", str(fitted), "--observation", observation, "--schedule",
+              str(tmp_path / "stronger.toml")], "fitted another observation (schedule differ)"),
+            (["predict-response", "--fit", str(fitted), "--observation", observation, "--schedule", schedule,
+              "--time-step", "1/24"], "differs from the fit's 1/12"),
+            (["predict-response", "--fit", str(fitted), "--observation", observation, "--schedule", schedule,
+              "--samples", "8"], "--samples apply to a fit, not to predictions from --fit"),
+            (["predict-response", "--fit", str(tmp_path), "--observation", observation, "--schedule", schedule],
+             "not a fit folder (summary.json missing)"),
+            (["fit", "--model", "microenvironment", "--observation", observation, "--schedule", schedule,
+              "--spacing", "3.5"], "--spacing apply to --model fisher-kolmogorov only"),
+            (["fit", "--t1gd", "t1gd.nii.gz", "--flair", "flair.nii.gz", "--observation", observation],
+             "--observation apply to --model microenvironment only"),
+            (["fit", "--model", "microenvironment"], "needs --observation FILE.npz and --schedule FILE.toml"),
+            (["fit"], "--model fisher-kolmogorov needs --t1gd and --flair")):
+        assert main([*args, "--threads", "1", "--quiet", "--out", str(out)]) == EXIT_BAD_INPUT, args
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and problem in error, (args, error)
+        assert not out.exists()
 
 
 def write_npz(path: Path, **arrays) -> Path:
