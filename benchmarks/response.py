@@ -36,6 +36,9 @@ import time
 import numpy as np
 import torch
 
+from personalize.calibration import calibrate
+from personalize.executors import local_executor
+from personalize.npe import NPESettings, sequential_npe
 from personalize.predictive.response import GROUPS
 from personalize.predictive.schedules import NOT_EVALUABLE, predict_response
 from personalize.response_classifier import ClassifierArchitecture, TrainingSettings, balancing_experiment
@@ -45,11 +48,16 @@ from personalize.virtual_patient import (
     DEFAULT_GRID,
     DEFAULT_SPACING_MM,
     DEFAULT_TIME_STEP_DAYS,
+    DEFAULT_TRUTH,
     NAMES,
+    DensitySimulator,
     LogUniformPrior,
+    NoisyMaps,
+    SimulatedFeatures,
     VirtualPatientFitSettings,
     fit_virtual_patient,
     make_virtual_patient,
+    map_features,
     protocol_schedule,
 )
 
@@ -120,12 +128,49 @@ def bayes_part(args: argparse.Namespace) -> dict[str, object]:
             "bayes_evaluable_patients": len(correct), "bayes_patients": patients}
 
 
+def npe_part(args: argparse.Namespace) -> dict[str, object]:
+    """Amortized NPE (one round of sbi's MDN on prior draws, the maps' image moments) of one virtual patient's
+    vessels (seed ``--npe-vessel-seed``) under the protocol, checked on ``--npe-checks`` fresh prior draws of θ
+    and noise: the share of truths inside the 90 % intervals and SBC/TARP (:func:`personalize.calibration.calibrate`)."""
+    prior = LogUniformPrior(DEFAULT_BOUNDS)
+    observation, _ = make_virtual_patient(DEFAULT_TRUTH, days=args.days, schedule=protocol_schedule(),
+                                          seed=args.npe_vessel_seed, grid=args.fit_grid, spacing_mm=args.fit_spacing,
+                                          max_time_step_days=args.fit_step)
+    simulator = DensitySimulator(observation.initial_state(), observation.schedule, observation.days, prior.names,
+                                 max_time_step_days=args.fit_step)
+    executor = local_executor(args.workers)
+    try:
+        features = SimulatedFeatures(NoisyMaps(simulator, args.seed), prior.coordinates, "moments", executor,
+                                     args.chunk, progress=True)
+        x_o = map_features("moments", torch.from_numpy(np.array(observation.maps))[None]).float()[0]
+        started = time.perf_counter()
+        npe = sequential_npe(prior, features, x_o, NPESettings(rounds=1, simulations=args.npe_simulations,
+                                                               n_posterior=100, seed=args.seed), progress=True)
+        train_s = time.perf_counter() - started
+        calibration = calibrate(npe.posterior, prior, features, n_simulations=args.npe_checks,
+                                n_posterior_samples=1000, seed=args.seed + 1, parameter_names=prior.names, c2st=False)
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    n = calibration.n_posterior_samples
+    inside = (calibration.ranks >= 0.05 * n) & (calibration.ranks <= 0.95 * n)
+    by_parameter = dict(zip(prior.names, inside.mean(axis=0).tolist()))
+    print(f"amortized NPE, {args.npe_simulations} simulations ({train_s:.0f} s): coverage_90 {inside.mean():.3f} over "
+          f"{inside.shape[0]} draws {by_parameter}; SBC KS p {calibration.sbc_ks_pvalues.round(4).tolist()}, "
+          f"TARP ATC {calibration.tarp_atc:+.4f}, calibrated {calibration.calibrated()}", flush=True)
+    return {"coverage_90_npe": float(inside.mean()), "coverage_90_npe_by_parameter": by_parameter,
+            "npe_sbc_ks_pvalues": dict(zip(prior.names, calibration.sbc_ks_pvalues.tolist())),
+            "npe_tarp_atc": calibration.tarp_atc, "npe_calibrated": bool(calibration.calibrated()),
+            "npe_checks": int(inside.shape[0]), "npe_simulations": int(npe.n_simulations), "npe_train_s": train_s}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small settings: 21 x 21 cells of 0.5 mm, step 1/12 "
                         "day, 96 cases, 2 patients of 32 samples, 30 epochs")
     parser.add_argument("--skip-classifier", action="store_true")
     parser.add_argument("--skip-bayes", action="store_true")
+    parser.add_argument("--skip-npe", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--criteria", choices=("rano", "recist"), default="rano")
     parser.add_argument("--workers", type=int, default=1)
@@ -148,11 +193,15 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--chain-steps", type=int, default=1)
     parser.add_argument("--draws", type=int, default=32, help="posterior draws for the class prediction")
+    parser.add_argument("--npe-simulations", type=int, default=2000, help="amortized NPE's prior simulations")
+    parser.add_argument("--npe-checks", type=int, default=200, help="fresh prior draws checking amortized NPE")
+    parser.add_argument("--npe-vessel-seed", type=int, default=0, help="the vessels amortized NPE is trained on")
     args = parser.parse_args()
     if args.quick:
         for name, value in {"grid": 21, "spacing": 0.5, "step": 1 / 12, "fit_grid": 21, "fit_spacing": 0.5,
                             "fit_step": 1 / 12, "cases": 96, "max_extra": 96, "patients": 2, "samples": 32,
-                            "epochs": 30, "draws": 16, "chunk": 8}.items():
+                            "epochs": 30, "draws": 16, "chunk": 8, "npe_simulations": 300,
+                            "npe_checks": 40}.items():
             setattr(args, name, value)
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -163,6 +212,8 @@ def main() -> None:
         out |= classifier_part(args)
     if not args.skip_bayes:
         out |= bayes_part(args)
+    if not args.skip_npe:
+        out |= npe_part(args)
     out["classes"] = list(GROUP_NAMES)
     out["wall_s"] = time.perf_counter() - started
     out["settings"] = vars(args)
