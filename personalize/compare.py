@@ -36,7 +36,7 @@ from sbi.utils.metrics import c2st  # noqa: E402
 from scipy.stats import wasserstein_distance  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from personalize.fit import dice  # noqa: E402
+from personalize.overlap import dice  # noqa: E402
 from personalize.posterior import Posterior  # noqa: E402
 from personalize.report import _save, _span, finite_or_none, label_pair_axis  # noqa: E402
 from simulators.nifti import atomic_output  # noqa: E402

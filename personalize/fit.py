@@ -47,6 +47,7 @@ from personalize.posterior import Posterior
 from personalize.predictive import DEFAULT_THRESHOLDS, check_thresholds, posterior_predictive
 from personalize.priors import DEFAULT_SEED_MARGIN_MM, Prior
 from personalize.report import plot_orthogonal_slices, plot_pairs, plot_tempering
+from personalize.overlap import dice
 from personalize.scan_simulator import ScanSimulator, observed_scans
 from personalize.reparameterize import FunctionInCoordinates, LogCoordinates, PriorInCoordinates, in_physical_units
 from personalize.tmcmc import tmcmc
@@ -176,13 +177,6 @@ def with_growth_scales(posterior: Posterior) -> Posterior:
                   axis=1)
     return replace(posterior, parameter_names=(*posterior.parameter_names, "mu_1", "mu_2"),
                    samples=np.concatenate([s, mu], axis=1), units={**posterior.units, **DERIVED_UNITS})
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Sørensen–Dice coefficient 2|A∩B| / (|A| + |B|) of two masks (1 when both are empty)."""
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def fingerprint(problem: WorkingProblem, prior: Prior, settings: FitSettings) -> str:

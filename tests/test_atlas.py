@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from personalize.overlap import dice
 from simulators.anatomy import Anatomy
 from simulators.atlas import _atlas_1mm, default_atlas, derive_brain_mask, derive_csf
 from simulators.nifti import read_volume
@@ -18,10 +19,6 @@ MNI_AFFINE = np.array([[1.0, 0, 0, -98], [0, 1, 0, -134], [0, 0, 1, -72], [0, 0,
 
 def volume_ml(array: np.ndarray, anatomy: Anatomy) -> float:
     return float(array.sum(dtype=np.float64) * np.prod(anatomy.spacing_mm) / 1000)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
 
 
 @pytest.fixture(scope="module")

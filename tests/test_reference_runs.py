@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA
+from personalize.overlap import dice
 from simulators.anatomy import Anatomy
 from simulators.fisher_kolmogorov import FisherKolmogorov
 from simulators.seed import PRESETS
@@ -22,10 +23,6 @@ RUNS = SHARED_DATA / "reference_runs"
 FRACTIONS = np.array([0.64925073, 0.59093041, 0.37127833])
 
 pytestmark = pytest.mark.skipif(not RUNS.is_dir() or not PATIENT.is_dir(), reason=f"no reference runs at {RUNS}")
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * float(np.logical_and(a, b).sum()) / float(a.sum() + b.sum())
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from personalize.registration import (
     to_fixed,
     to_moving,
 )
+from personalize.overlap import dice
 from simulators.anatomy import Anatomy
 from simulators.atlas import default_atlas
 
@@ -61,10 +62,6 @@ def blob(grid: Grid, centre_mm: np.ndarray, sigma_mm: float = 5.0) -> np.ndarray
 def centroid_mm(array: np.ndarray, grid: Grid) -> np.ndarray:
     """Where the mass of ``array`` lies, in world millimetres."""
     return (array[..., None] * world_mm(grid.shape, grid.affine)).sum(axis=(0, 1, 2)) / array.sum()
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
 
 
 def on_grid(anatomy: Anatomy, affine: np.ndarray, shape: tuple[int, int, int]) -> Anatomy:

@@ -24,7 +24,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from personalize.fit import FitSettings, dice, fit, summary_table
+from personalize.fit import FitSettings, fit, summary_table
+from personalize.overlap import dice
 from personalize.io import load_observation
 from personalize.synth import BUILT_IN_CASE, synthesize, write_synthetic
 from simulators.anatomy import Anatomy
