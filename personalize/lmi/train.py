@@ -1,0 +1,239 @@
+"""Training of the Learn-Morph-Infer inverse network on a dataset of :mod:`personalize.lmi.dataset`.
+
+Ezhov et al., Medical Image Analysis 83:102672 (2023), arXiv:2111.04090. The network
+(:mod:`personalize.lmi.network`) regresses the scaled (μ₁, μ₂, x, y, z) from the input volume. Here:
+
+- loss: L1 (mean absolute error over the five scaled outputs), as in LMI's published training code. A scan
+  does not always determine its target (a tumour whose FLAIR edge reaches the brain's boundary bounds μ₁ only
+  from below; a uniform T1Gd core hides where in it the seed was): L1 then regresses to the conditional
+  median, where MSE would regress to the mean and weigh such cases quadratically;
+- optimiser: AdamW (decoupled weight decay; Loshchilov and Hutter, ICLR 2019), constant learning rate;
+- data: the dataset's shards split deterministically into training, validation and test sets
+  (:func:`personalize.lmi.dataset.split_shards` with the training seed); batches drawn in an order from a
+  generator seeded by the training seed, whose state the checkpoint keeps;
+- a checkpoint ``checkpoint.pt`` after every epoch (weights, optimiser, generator, losses, best weights);
+  ``train`` on a folder that has one continues from it, to the same result as an uninterrupted run. It refuses a
+  checkpoint of another dataset or configuration, except that ``max_epochs`` may be raised to train longer;
+- early stopping: training ends once the validation loss has not improved for ``patience`` epochs, and the
+  weights of the best validation epoch are kept;
+- at the end, the test metrics of :mod:`personalize.lmi.metrics`, and the weights with their record
+  (:func:`personalize.lmi.weights.save_weights`) as ``lmi_network.pt`` / ``lmi_network.json``.
+
+Sizing (:data:`CPU_TRAINING`): measured on this 2-core machine with another job keeping both cores busy, one
+torch thread, the 4 mm dataset (39 × 49 × 40 inputs), batch 16, channels (16, 32, 64, 128) (903,061
+parameters): 0.570 s per training batch (forward, backward and AdamW step; mean of the 8 batches of a 2-epoch
+:func:`train` on 6 shards) and about 0.18 s to predict a batch. With
+:data:`personalize.lmi.dataset.CPU_SHARDS` (2,400 samples: 120 training batches and 15 validation batches an
+epoch) an epoch takes about 120 × 0.57 + 15 × 0.18 ≈ 71 s, so the 80 epochs of ``max_epochs`` take at most
+≈ 1.6 h, less when early stopping ends them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from personalize.lmi.dataset import ShardDataset, open_dataset, shard_index, split_shards
+from personalize.lmi.metrics import TestMetrics, evaluate_test_set, predict_dataset
+from personalize.lmi.network import NetworkConfig, build_network, parameter_count
+from personalize.lmi.weights import save_weights
+from simulators.nifti import atomic_output
+
+CHECKPOINT_FILE = "checkpoint.pt"
+WEIGHTS_FILE = "lmi_network.pt"
+_CHECKPOINT_FORMAT = "lmi-checkpoint/1"
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How to train (module docstring for the loss, optimiser and stopping rule).
+
+    Attributes:
+        network: architecture.
+        batch_size: samples per step (the last partial batch of an epoch is dropped when there is more than one).
+        max_epochs: epochs at most.
+        learning_rate, weight_decay: AdamW's.
+        patience: epochs without a lower validation loss before training stops.
+        split: fractions of shards for training, validation and test.
+        seed: initial weights, the split and the batch order.
+        evaluation_cases: test samples whose densities are grown from the prediction and compared.
+    """
+
+    network: NetworkConfig = NetworkConfig()
+    batch_size: int = 16
+    max_epochs: int = 80
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 10
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    evaluation_cases: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_epochs", "patience", "evaluation_cases"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (self.learning_rate > 0 and self.weight_decay >= 0):
+            raise ValueError(f"learning_rate must be > 0 and weight_decay >= 0, got {self.learning_rate}, "
+                             f"{self.weight_decay}")
+        object.__setattr__(self, "split", tuple(float(f) for f in self.split))
+
+
+CPU_TRAINING = TrainingConfig()
+"""Sized for about 2 h or less on a 2-core CPU with :data:`personalize.lmi.dataset.CPU_DATASET` and
+:data:`~personalize.lmi.dataset.CPU_SHARDS` shards (the module docstring has the measurement)."""
+GPU_TRAINING = TrainingConfig(network=NetworkConfig(channels=(32, 64, 128, 256), blocks_per_stage=2),
+                              batch_size=64, max_epochs=200, patience=20, evaluation_cases=64)
+"""Full scale, for :data:`personalize.lmi.dataset.GPU_DATASET` (2 mm, 30,080 samples) on one GPU: a wider,
+deeper network (two blocks a stage as ResNet-18; 8,299,173 parameters against the CPU network's 903,061),
+batches of 64. Not run here; its time is not measured."""
+PRESETS = {"cpu": CPU_TRAINING, "gpu": GPU_TRAINING}
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """Losses per epoch (L1, scaled units), the kept epoch, whether early stopping ended training, the test
+    metrics, the weights file, the mean seconds per training batch of this call (NaN when it trained none)
+    and its wall time."""
+
+    train_loss: tuple[float, ...]
+    validation_loss: tuple[float, ...]
+    best_epoch: int
+    stopped_early: bool
+    test: TestMetrics
+    weights: Path
+    seconds_per_batch: float
+    wall_s: float
+
+
+def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainingConfig = CPU_TRAINING, *,
+          device: torch.device | str = "cpu", progress: bool = True) -> TrainingResult:
+    """Train on the dataset in ``dataset_dir``, writing the checkpoint and the weights into ``out_dir``.
+
+    Runs on ``device``; the test densities are simulated on the CPU. Continues from ``out_dir``'s checkpoint when
+    there is one (module docstring).
+
+    Raises:
+        ValueError: a dataset that cannot be opened or split; a checkpoint of another dataset or configuration.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset = open_dataset(dataset_dir)
+    by_index = {shard_index(path): path for path in dataset.shards}
+    split = split_shards(list(by_index), config.split, config.seed)
+    train_set, validation_set, test_set = (ShardDataset([by_index[i] for i in part])
+                                           for part in (split.train, split.validation, split.test))
+    fixed = {key: value for key, value in asdict(config).items() if key != "max_epochs"}
+    identity = json.dumps({"training": fixed, "dataset": dataset.manifest, "shards": sorted(by_index)}, sort_keys=True)
+
+    network = build_network(config.network, seed=config.seed, device=device)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    state = _resume(out_dir / CHECKPOINT_FILE, identity, network, optimizer, generator, device)
+    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator,
+                        drop_last=len(train_set) > config.batch_size)
+    validation_targets = torch.from_numpy(validation_set.targets)
+
+    batch_seconds: list[float] = []
+    with tqdm(total=config.max_epochs, initial=state["epoch"], disable=not progress, desc="LMI", unit="epoch") as bar:
+        while state["epoch"] < config.max_epochs and not state["stopped_early"]:
+            network.train()
+            total, count = 0.0, 0
+            for inputs, targets in tqdm(loader, disable=not progress, desc=f"epoch {state['epoch'] + 1}",
+                                        unit="batch", leave=False):
+                tick = time.perf_counter()
+                loss = functional.l1_loss(network(inputs.to(device)), targets.to(device))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                batch_seconds.append(time.perf_counter() - tick)
+                total, count = total + float(loss.detach()) * len(targets), count + len(targets)
+            predicted = predict_dataset(network, validation_set, batch_size=config.batch_size)
+            validation = float(functional.l1_loss(predicted, validation_targets))
+            state["train_loss"].append(total / count)
+            state["validation_loss"].append(validation)
+            if validation < state["best_validation"]:
+                state["best_validation"], state["best_epoch"] = validation, state["epoch"]
+                state["best_network"] = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+            state["epoch"] += 1
+            state["stopped_early"] = state["epoch"] - 1 - state["best_epoch"] >= config.patience
+            _write_checkpoint(out_dir / CHECKPOINT_FILE, identity, state, network, optimizer, generator)
+            bar.update()
+            bar.set_postfix(train=f"{state['train_loss'][-1]:.4f}", validation=f"{validation:.4f}")
+
+    if state["best_network"] is None:
+        raise RuntimeError(f"the validation loss was never finite ({state['validation_loss']}): training diverged")
+    network.load_state_dict(state["best_network"])
+    test = evaluate_test_set(network, test_set, dataset.ranges, dataset.anatomy, dataset.config.simulator,
+                             cases=config.evaluation_cases, batch_size=config.batch_size)
+    weights = out_dir / WEIGHTS_FILE
+    save_weights(network, weights, ranges=dataset.ranges, provenance={
+        "data_seed": dataset.data_seed, "dataset": dataset.manifest["config"], "anatomy": dataset.manifest["anatomy"],
+        "split": asdict(split), "training": json.loads(json.dumps(asdict(config))),
+        "best_epoch": state["best_epoch"], "test_metrics": asdict(test)})
+    return TrainingResult(train_loss=tuple(state["train_loss"]), validation_loss=tuple(state["validation_loss"]),
+                          best_epoch=state["best_epoch"], stopped_early=state["stopped_early"], test=test,
+                          weights=weights,
+                          seconds_per_batch=sum(batch_seconds) / len(batch_seconds) if batch_seconds else math.nan,
+                          wall_s=time.perf_counter() - started)
+
+
+def _resume(path: Path, identity: str, network: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            generator: torch.Generator, device: torch.device | str) -> dict[str, Any]:
+    """The training state: fresh, or read from the checkpoint at ``path`` into ``network``, ``optimizer`` and
+    ``generator`` after checking it belongs to this dataset and configuration."""
+    if not path.exists():
+        return {"epoch": 0, "train_loss": [], "validation_loss": [], "best_validation": math.inf, "best_epoch": -1,
+                "best_network": None, "stopped_early": False}
+    saved = torch.load(path, map_location=device, weights_only=True)
+    if not isinstance(saved, dict) or saved.get("format") != _CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an LMI training checkpoint")
+    if saved["identity"] != identity:
+        raise ValueError(f"{path}: a checkpoint of another dataset or training configuration (only max_epochs may "
+                         "change on resuming); use another output folder")
+    network.load_state_dict(saved["network"])
+    optimizer.load_state_dict(saved["optimizer"])
+    generator.set_state(saved["generator"])
+    return {key: saved[key] for key in ("epoch", "train_loss", "validation_loss", "best_validation", "best_epoch",
+                                        "best_network", "stopped_early")}
+
+
+def _write_checkpoint(path: Path, identity: str, state: dict[str, Any], network: torch.nn.Module,
+                      optimizer: torch.optim.Optimizer, generator: torch.Generator) -> None:
+    with atomic_output(path) as temporary:
+        torch.save({"format": _CHECKPOINT_FORMAT, "identity": identity, **state, "network": network.state_dict(),
+                    "optimizer": optimizer.state_dict(), "generator": generator.get_state()}, temporary)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m personalize.lmi.train DATASET OUT [--preset cpu|gpu] [--device DEVICE]``."""
+    parser = argparse.ArgumentParser(prog="python -m personalize.lmi.train", description=__doc__.split("\n")[0])
+    parser.add_argument("dataset", help="dataset folder (python -m personalize.lmi.dataset)")
+    parser.add_argument("out", help="output folder: checkpoint and weights (an existing checkpoint is resumed)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    args = parser.parse_args(argv)
+    config = PRESETS[args.preset]
+    print(f"network: {parameter_count(build_network(config.network, seed=config.seed)):,} parameters")
+    result = train(args.dataset, args.out, config, device=args.device)
+    print(f"best epoch {result.best_epoch + 1} of {len(result.train_loss)}; {result.seconds_per_batch:.3f} s per batch")
+    print("test MAE: " + ", ".join(f"{name} {value:.3g}" for name, value in result.test.mae.items()))
+    print(result.test.table())
+    print(f"weights: {result.weights}")
+
+
+if __name__ == "__main__":
+    main()
