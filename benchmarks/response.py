@@ -22,9 +22,11 @@ Measured (loaded 2-core machine). Classifier, default grid, 320 cases (RANO: 24 
 non-responsive), test 80 (3 / 22 / 55), width 16, 3 blocks, 60 epochs, patience 10, ``--max-extra 128`` (128 more
 draws gave 10 responsive and 28 stable cases: far from balance): overall 0.725 → 0.688 (the majority baseline is
 0.688), stable 0.18 → 0.00, responsive 0 → 0, non-responsive 0.98 → 1.00. The class is mostly the drug's kill rate,
-invisible before treatment (:mod:`personalize.response_cohort`). Bayes, 4 patients on 21 × 21 cells of 0.5 mm, step
-1/12 day, TMCMC with 32 samples and one chain step (150–180 simulations, 40–170 s per fit): coverage_90 0.65 (σ
-1.0, r_n and α_mn 0.75, D_n 0.5, d_r 0.25: 32 samples are too few), accuracy_bayes 1.0 (4 of 4; days 7, 14, 21).
+invisible before treatment (:mod:`personalize.response_cohort`). Bayes, 20 patients on 21 × 21 cells of 0.5 mm, step
+1/12 day (``--fit-grid 21 --fit-spacing 0.5 --fit-step 0.0833``), TMCMC with 64 samples and 2 chain steps, 2
+workers (832 simulations and 103 s per fit on average): coverage_90 0.74 (r_n 0.70, D_n 0.85, d_r 0.80, α_mn 0.55,
+σ 0.80: too narrow), accuracy_bayes 0.90 (18 of 20; days 7, 14, 21). Amortized NPE on the same grid, 2,000
+simulations: coverage_90_npe 0.81 over 200 draws, TARP ATC −0.074 (too narrow), not calibrated.
 """
 
 from __future__ import annotations
