@@ -36,7 +36,16 @@ _FIT_FK_ONLY = {"t1gd": "--t1gd", "flair": "--flair", "pet": "--pet", "labels": 
                 "csf": "--csf", "convention": "--convention", "embedding": "--embedding",
                 "scan_masks": "--scan-masks", "pool": "--pool", "bound": "--bound", "priors": "--priors",
                 "seed_margin": "--seed-margin", "spacing": "--spacing", "margin": "--margin", "device": "--device",
-                "predictive": "--predictive", "threshold": "--threshold"}
+                "predictive": "--predictive", "threshold": "--threshold", "weights": "--weights"}
+_FIT_ENGINE_ONLY = {"pet": "--pet", "convention": "--convention", "samples": "--samples",
+                    "chain_steps": "--chain-steps", "max_stages": "--max-stages", "estimator": "--estimator",
+                    "rounds": "--rounds", "simulations": "--simulations", "npe_draws": "--npe-draws",
+                    "max_epochs": "--max-epochs", "embedding": "--embedding", "scan_masks": "--scan-masks",
+                    "pool": "--pool", "bound": "--bound", "priors": "--priors", "seed_margin": "--seed-margin",
+                    "resume": "--resume", "spacing": "--spacing", "margin": "--margin", "workers": "--workers",
+                    "chunk_size": "--chunk-size", "device": "--device", "predictive": "--predictive",
+                    "threshold": "--threshold", "truth": "--truth"}
+"""Options of the sampling engines (tmcmc, npe) that ``fit --method lmi`` refuses: it samples nothing."""
 _FIT_MICROENVIRONMENT_ONLY = {"observation": "--observation", "schedule": "--schedule", "parameters": "--parameters",
                               "time_step": "--time-step"}
 _PREDICT_FIT_OPTIONS = {"method": "--method", "parameters": "--parameters", "samples": "--samples",
@@ -203,6 +212,8 @@ def _fit(args: argparse.Namespace) -> None:
         model = next(name for name in SIMULATE_MODELS if name != args.model)
         raise ValueError(f"{', '.join(given)} apply to --model {model} only")
     if args.model == "microenvironment":
+        if args.method == "lmi":
+            raise ValueError("--method lmi applies to --model fisher-kolmogorov only")
         _fit_microenvironment(args)
     else:
         _fit_fisher_kolmogorov(args)
@@ -246,6 +257,11 @@ def _fit_fisher_kolmogorov(args: argparse.Namespace) -> None:
         raise ValueError("--model fisher-kolmogorov needs --t1gd and --flair")
     if bool(args.wm) != bool(args.gm):
         raise ValueError("--wm and --gm go together (or give neither for the default atlas)")
+    if args.method == "lmi":
+        _fit_lmi(args)
+        return
+    if args.weights is not None:
+        raise ValueError("--weights applies to --method lmi only")
     settings = FitSettings(
         method=args.method, convention=args.convention, spacing_mm=args.spacing, margin_mm=args.margin,
         seed_margin_mm=args.seed_margin, n_samples=_or(args.samples, FitSettings.n_samples),
@@ -270,6 +286,31 @@ def _fit_fisher_kolmogorov(args: argparse.Namespace) -> None:
     if wall > lowest:
         print(f"warning: the MAP tumour reaches the working box's wall (density {wall:.3f} > {lowest:g}); "
               f"the crop, not the anatomy, bounds it there: refit with --margin above {settings.margin_mm:g}")
+
+
+def _fit_lmi(args: argparse.Namespace) -> None:
+    from personalize.fit import summary_table
+    from personalize.io import load_observation
+    from personalize.lmi.personalization import fit_lmi
+    from simulators.anatomy import Anatomy
+
+    given = _given(args, _FIT_ENGINE_ONLY)
+    if given:
+        raise ValueError(f"{', '.join(given)} do not apply to --method lmi (a network's point estimate from T1Gd and "
+                         "FLAIR, nothing sampled)")
+    if args.weights is None:
+        raise ValueError("--method lmi needs --weights FILE.pt (trained by python -m personalize.lmi.train)")
+    observation = load_observation(args.t1gd, args.flair, labels=args.labels, core=True)
+    tissue = Anatomy.from_nifti(args.wm, args.gm, args.csf) if args.wm else None
+    result = fit_lmi(observation, args.out, weights=args.weights, tissue=tissue, seed=args.seed,
+                     progress=not args.quiet)
+    summary = result.summary
+    print(summary_table(summary))
+    quality = summary["map_fit"]
+    print(f"Dice at u_t1gd={quality['u_t1gd']:g}, u_flair={quality['u_flair']:g}: T1Gd {quality['dice_t1gd']:.3f}, "
+          f"FLAIR {quality['dice_flair']:.3f} (lmi); registration {summary['wall_s_registration']:.1f} s, network "
+          f"{summary['wall_s_inference']:.1f} s, simulation {summary['wall_s_simulation']:.1f} s, "
+          f"{summary['wall_s']:.0f} s in all; wrote {args.out}")
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -463,8 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
     tissue.add_argument("--csf", help="CSF map (NIfTI, optional)")
     engine = fit.add_argument_group("inference")
     engine.add_argument("--method", choices=METHODS, default="tmcmc",
-                        help="inference engine: tmcmc (likelihood-based) or npe (sequential neural posterior "
-                             "estimation, likelihood learned from simulated scans); default tmcmc")
+                        help="inference engine: tmcmc (likelihood-based), npe (sequential neural posterior "
+                             "estimation, likelihood learned from simulated scans) or lmi (Learn-Morph-Infer: a "
+                             "trained network's point estimate in the atlas, through a registration; --weights); "
+                             "default tmcmc")
+    engine.add_argument("--weights", metavar="FILE.pt",
+                        help="--method lmi: network weights with their .json record beside them (python -m "
+                             "personalize.lmi.train)")
     engine.add_argument("--convention", choices=("thesis", "gliomasolver"), default="thesis",
                         help="likelihood form (default thesis: Lipkova's Eq. 6 and PET ~ N(b u, sigma^2))")
     engine.add_argument("--samples", type=int, help=f"TMCMC population size (default {FitSettings.n_samples}; "

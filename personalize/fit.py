@@ -63,7 +63,11 @@ from personalize.working_grid import (
 from simulators.anatomy import Anatomy
 from simulators.fisher_kolmogorov import FisherKolmogorov
 
-METHODS = ("tmcmc", "npe")
+ENGINES = ("tmcmc", "npe")
+"""The methods :func:`fit` runs: posteriors from simulations on the patient's own grid."""
+METHODS = (*ENGINES, "lmi")
+"""Every ``personalize fit --method``: the engines, and Learn-Morph-Infer's point estimate through the atlas
+(:func:`personalize.lmi.personalization.fit_lmi`)."""
 LOG_SCALED = ("D_w", "rho", "T")
 DERIVED_UNITS = {"mu_1": "mm", "mu_2": "1"}
 
@@ -130,8 +134,9 @@ class FitSettings:
     pool: int = 1
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; available: {', '.join(METHODS)}")
+        if self.method not in ENGINES:
+            raise ValueError(f"unknown method {self.method!r}; available: {', '.join(ENGINES)} (lmi runs through "
+                             "personalize.lmi.personalization.fit_lmi)")
         if self.embedding not in EMBEDDINGS:
             raise ValueError(f"unknown embedding {self.embedding!r}; available: {', '.join(EMBEDDINGS)}")
         if self.scan_masks not in MASK_MODELS:
@@ -435,11 +440,14 @@ def truth_from_json(path: str | os.PathLike[str]) -> dict[str, float]:
 
 
 def summary_table(summary: Mapping[str, object], names: Sequence[str] | None = None) -> str:
-    """The summary's parameters as a fixed-width text table (MAP, mean, 90 % interval, unit)."""
+    """The summary's parameters as a fixed-width text table (MAP, mean, 90 % interval, unit); a value a method
+    does not give (null: the spread of a point estimate) shows as ``-``."""
     parameters = summary["parameters"]
     assert isinstance(parameters, dict)
     rows = [f"{'parameter':<12}{'MAP':>12}{'mean':>12}{'q05':>12}{'q95':>12}  unit"]
     for name in names or parameters:
         p = parameters[name]
-        rows.append(f"{name:<12}{p['map']:>12.4g}{p['mean']:>12.4g}{p['q05']:>12.4g}{p['q95']:>12.4g}  {p['unit']}")
+        values = "".join(f"{'-':>12}" if p[key] is None else f"{p[key]:>12.4g}"
+                         for key in ("map", "mean", "q05", "q95"))
+        rows.append(f"{name:<12}{values}  {p['unit']}")
     return "\n".join(rows)

@@ -9,7 +9,8 @@ finish in 14 minutes on a patient: ``shared/notes/antspyx.md``). A tumour in the
 moving image has no counterpart in the atlas, so ``moving_mask_out`` (dilated by ``mask_margin_mm``) is left
 out of the metric at every stage. The forward and inverse transforms are copied into ``out_dir`` under fixed
 names with a ``registration.json`` sidecar; :meth:`Registration.load` reads them back, and :func:`to_fixed` and
-:func:`to_moving` carry label maps or densities between the two grids from those files alone.
+:func:`to_moving` carry label maps or densities between the two grids from those files alone, and
+:func:`points_to_moving` world points of the fixed image to the moving one.
 
 Geometry: ANTs (ITK) works in LPS physical space, NIfTI and this toolkit in RAS, and ``LPS = diag(-1, -1, 1)
 · RAS``. :func:`to_ants` and :func:`from_ants` convert a voxel-to-world RAS affine (any orientation,
@@ -56,6 +57,7 @@ from typing import Literal
 
 import ants
 import numpy as np
+import pandas as pd
 from scipy import ndimage
 
 from simulators.anatomy import Anatomy
@@ -420,3 +422,24 @@ def to_moving(registration: Registration, array: np.ndarray, kind: Kind, *,
     """An array on the fixed grid carried onto the moving grid (the inverse transforms: the inverted affine
     and the inverse warp). Arguments and result as :func:`to_fixed`, with the two grids exchanged."""
     return _warp(registration, array, kind, affine, inverse=True)
+
+
+def points_to_moving(registration: Registration, points_mm: np.ndarray) -> np.ndarray:
+    """World points of the fixed image (RAS mm, ``[N, 3]``) carried to their place in the moving image.
+
+    ANTs maps points the opposite way to images (``ants.apply_transforms_to_points``): the forward transforms,
+    which pull the moving image onto the fixed grid, send a fixed point to the moving point it is sampled from.
+    So a point here lands where :func:`to_moving` carries an image feature at it (the inverse warp is the
+    numerical inverse of the forward one, so the two agree to within its accuracy). Points go to ANTs in LPS
+    and come back in RAS.
+
+    Raises:
+        ValueError: points not of shape ``[N, 3]`` or not finite; transform files missing.
+    """
+    points = np.asarray(points_mm, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 3 or not np.all(np.isfinite(points)):
+        raise ValueError(f"points must be finite world coordinates of shape [N, 3], got shape {points.shape}")
+    registration.check_files()
+    moved = ants.apply_transforms_to_points(3, pd.DataFrame(points @ RAS_TO_LPS.T, columns=["x", "y", "z"]),
+                                            registration.forward_transforms)
+    return moved[["x", "y", "z"]].to_numpy(dtype=np.float64) @ RAS_TO_LPS.T

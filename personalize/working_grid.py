@@ -106,6 +106,22 @@ def atlas_on_grid(shape: tuple[int, int, int], affine: np.ndarray) -> Anatomy:
     return anatomy_on_grid(default_atlas(spacing_mm=None), shape, affine)
 
 
+def scans_anatomy(observation: Observation, tissue: Anatomy | None) -> Anatomy:
+    """The anatomy on the scans' grid: ``tissue`` (the patient's maps, checked to lie on that grid), or the
+    default atlas on it (:func:`atlas_on_grid`) when ``tissue`` is None, for scans in MNI152 space.
+
+    Raises:
+        ValueError: tissue maps on another grid than the scans.
+    """
+    if tissue is None:
+        return atlas_on_grid(observation.shape, observation.affine)
+    if tissue.shape != observation.shape or grid_offset_mm(tissue.affine, observation.affine,
+                                                           observation.shape) > AFFINE_TOLERANCE_MM:
+        raise ValueError(f"the tissue maps (shape {tissue.shape}) and the scans (shape {observation.shape}) lie on "
+                         "different grids; resample or register them onto one grid first")
+    return tissue
+
+
 @dataclass(frozen=True, eq=False)
 class WorkingProblem:
     """Tissue and scans on the working grid, with the input grid to map results back to.
@@ -189,12 +205,7 @@ def build_working_problem(
         raise ValueError(f"spacing_mm must be a positive number, got {spacing_mm}")
     if not math.isfinite(margin_mm) or margin_mm < 0:
         raise ValueError(f"margin_mm must be a number >= 0, got {margin_mm}")
-    if tissue is None:
-        tissue = atlas_on_grid(observation.shape, observation.affine)
-    elif tissue.shape != observation.shape or grid_offset_mm(tissue.affine, observation.affine,
-                                                              observation.shape) > AFFINE_TOLERANCE_MM:
-        raise ValueError(f"the tissue maps (shape {tissue.shape}) and the scans (shape {observation.shape}) lie on "
-                         "different grids; resample or register them onto one grid first")
+    tissue = scans_anatomy(observation, tissue)
     abnormal = (observation.t1gd > 0) | (observation.flair > 0)
     if not abnormal.any():
         raise ValueError("the T1Gd and FLAIR masks are both empty: there is no tumour to fit")

@@ -37,6 +37,18 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def one_numba_thread():
+    """The Fisher-Kolmogorov solver's numba kernel on one thread for a module (the machine is shared), restored
+    afterwards; modules opt in as for :func:`one_torch_thread`."""
+    import numba
+
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(threads)
+
+
 def pytest_terminal_summary(terminalreporter):
     if _MEASURED:
         terminalreporter.section("measured properties")
@@ -61,6 +73,11 @@ def phantom(n: int = 32, spacing_mm: float = 4.0, affine: np.ndarray | None = No
         affine = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
         affine[:3, 3] = -spacing_mm * n / 2
     return Anatomy(wm=wm, gm=gm, csf=csf, affine=affine)
+
+
+def world_mm(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """World coordinates (RAS mm) of every voxel centre, shape ``(*shape, 3)``."""
+    return np.indices(shape).transpose(1, 2, 3, 0) @ affine[:3, :3].T + affine[:3, 3]
 
 
 @pytest.fixture

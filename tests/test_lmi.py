@@ -8,7 +8,6 @@ import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 
-import numba
 import numpy as np
 import pytest
 import torch
@@ -31,7 +30,7 @@ from personalize.priors import DEFAULT_BOUNDS
 from simulators.fisher_kolmogorov import FisherKolmogorov, front_speed
 from simulators.stencil import set_threads
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "one_numba_thread")
 
 CONFIG = DatasetConfig(spacing_mm=8.0, samples_per_shard=2, t=(50.0, 400.0))
 """The 8 mm atlas (20 × 25 × 20 voxels), short growth times so that most draws fall in the volume window."""
@@ -40,15 +39,6 @@ SHARDS = 4
 TINY_NETWORK = NetworkConfig(channels=(4, 8))
 TINY_TRAINING = TrainingConfig(network=TINY_NETWORK, batch_size=2, max_epochs=4, learning_rate=3e-3, patience=100,
                                evaluation_cases=1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_numba_thread():
-    """The solver's kernel on one thread too (the machine is shared); restored afterwards."""
-    threads = numba.get_num_threads()
-    set_threads(1)
-    yield
-    numba.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

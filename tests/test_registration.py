@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from conftest import phantom
+from conftest import phantom, world_mm
 from personalize.registration import (
     SIDECAR,
     TRANSFORM_FILES,
@@ -46,11 +46,6 @@ def oblique_affine() -> np.ndarray:
     affine[:3, :3] = rotation @ np.diag([1.5, -2.0, 3.0])
     affine[:3, 3] = [-40.5, 17.25, 3.0]
     return affine
-
-
-def world_mm(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
-    """World coordinates (RAS mm) of every voxel centre, shape ``(*shape, 3)``."""
-    return np.indices(shape).transpose(1, 2, 3, 0) @ affine[:3, :3].T + affine[:3, 3]
 
 
 def blob(grid: Grid, centre_mm: np.ndarray, sigma_mm: float = 5.0) -> np.ndarray:

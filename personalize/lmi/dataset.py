@@ -272,14 +272,28 @@ def manifest(config: DatasetConfig, data_seed: int, anatomy: Anatomy) -> dict[st
     """The content of a dataset's ``manifest.json`` (JSON types only)."""
     if isinstance(data_seed, bool) or not isinstance(data_seed, int) or data_seed < 0:
         raise ValueError(f"data_seed must be a non-negative integer, got {data_seed!r}")
+    ranges = output_ranges(config, anatomy)
+    return json.loads(json.dumps({
+        "format": FORMAT, "data_seed": data_seed, "config": asdict(config), "anatomy": anatomy_record(anatomy),
+        "output_names": OUTPUT_NAMES, "ranges": {"low": ranges.low, "high": ranges.high}}))
+
+
+def anatomy_record(anatomy: Anatomy) -> dict[str, Any]:
+    """What identifies an anatomy in a manifest (JSON types only): its shape, affine and the SHA-256 of its
+    WM, GM and CSF maps and affine."""
     digest = hashlib.sha256()
     for array in (anatomy.wm, anatomy.gm, anatomy.csf, anatomy.affine):
         digest.update(np.ascontiguousarray(array).tobytes())
-    ranges = output_ranges(config, anatomy)
-    return json.loads(json.dumps({
-        "format": FORMAT, "data_seed": data_seed, "config": asdict(config),
-        "anatomy": {"shape": anatomy.shape, "affine": anatomy.affine.tolist(), "sha256": digest.hexdigest()},
-        "output_names": OUTPUT_NAMES, "ranges": {"low": ranges.low, "high": ranges.high}}))
+    return {"shape": list(anatomy.shape), "affine": anatomy.affine.tolist(), "sha256": digest.hexdigest()}
+
+
+def config_from_json(fields: dict[str, Any]) -> DatasetConfig:
+    """The :class:`DatasetConfig` of its JSON form (``asdict`` of it, as a manifest's ``config`` holds)."""
+    fields = dict(fields)
+    simulator = dict(fields.pop("simulator"))
+    seed = Seed(**simulator.pop("seed"))
+    return DatasetConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in fields.items()},
+                         simulator=FisherKolmogorov(**simulator, seed=seed))
 
 
 def read_manifest(directory: PathLike) -> dict[str, Any]:
@@ -319,11 +333,7 @@ def open_dataset(directory: PathLike) -> OpenedDataset:
     """
     directory = Path(directory)
     stored = read_manifest(directory)
-    fields = dict(stored["config"])
-    simulator = dict(fields.pop("simulator"))
-    seed = Seed(**simulator.pop("seed"))
-    config = DatasetConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in fields.items()},
-                           simulator=FisherKolmogorov(**simulator, seed=seed))
+    config = config_from_json(stored["config"])
     anatomy = dataset_anatomy(config)
     if manifest(config, stored["data_seed"], anatomy) != stored:
         raise ValueError(f"{directory}: the atlas rebuilt from its {MANIFEST_FILE} differs from the one its shards "
