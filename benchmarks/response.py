@@ -22,7 +22,10 @@ Measured (loaded 2-core machine). Classifier, default grid, 320 cases (RANO: 24 
 non-responsive), test 80 (3 / 22 / 55), width 16, 3 blocks, 60 epochs, patience 10, ``--max-extra 128`` (128 more
 draws gave 10 responsive and 28 stable cases: far from balance): overall 0.725 → 0.688 (the majority baseline is
 0.688), stable 0.18 → 0.00, responsive 0 → 0, non-responsive 0.98 → 1.00. The class is mostly the drug's kill rate,
-invisible before treatment (:mod:`personalize.response_cohort`). Bayes, 20 patients on 21 × 21 cells of 0.5 mm, step
+invisible before treatment (:mod:`personalize.response_cohort`). Fully balanced on 21 × 21 cells of 0.5 mm, step
+1/12 day (``--grid 21 --spacing 0.5 --step 0.0833 --max-extra 2000``): 400 cases (32 / 103 / 264, 1 not
+evaluable), 1,664 extra draws giving 155 of each class in training, test 100: overall 0.66 → 0.64 (baseline 0.66),
+responsive 0 → 0.125, stable 0 → 0, non-responsive 1.00 → 0.95; 942 s. Bayes, 20 patients on 21 × 21 cells of 0.5 mm, step
 1/12 day (``--fit-grid 21 --fit-spacing 0.5 --fit-step 0.0833``), TMCMC with 64 samples and 2 chain steps, 2
 workers (832 simulations and 103 s per fit on average): coverage_90 0.74 (r_n 0.70, D_n 0.85, d_r 0.80, α_mn 0.55,
 σ 0.80: too narrow), accuracy_bayes 0.90 (18 of 20; days 7, 14, 21). Amortized NPE on the same grid, 2,000
