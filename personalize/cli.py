@@ -15,7 +15,7 @@ from pathlib import Path
 
 from likelihoods.imaging import MASK_MODELS
 from personalize.embedding import EMBEDDINGS
-from personalize.fit import METHODS, FitSettings
+from personalize.fit import ENGINES, METHODS, FitSettings
 from personalize.npe import ESTIMATORS
 from personalize.tmcmc import StageLimitReached
 from personalize.virtual_patient import DEFAULT_TIME_STEP_DAYS, PARAMETER_FIELDS, VirtualPatientFitSettings
@@ -36,7 +36,7 @@ _FIT_FK_ONLY = {"t1gd": "--t1gd", "flair": "--flair", "pet": "--pet", "labels": 
                 "csf": "--csf", "convention": "--convention", "embedding": "--embedding",
                 "scan_masks": "--scan-masks", "pool": "--pool", "bound": "--bound", "priors": "--priors",
                 "seed_margin": "--seed-margin", "spacing": "--spacing", "margin": "--margin", "device": "--device",
-                "predictive": "--predictive", "threshold": "--threshold", "weights": "--weights"}
+                "predictive": "--predictive", "threshold": "--threshold", "weights": "--weights", "refine": "--refine"}
 _FIT_ENGINE_ONLY = {"pet": "--pet", "convention": "--convention", "samples": "--samples",
                     "chain_steps": "--chain-steps", "max_stages": "--max-stages", "estimator": "--estimator",
                     "rounds": "--rounds", "simulations": "--simulations", "npe_draws": "--npe-draws",
@@ -45,7 +45,8 @@ _FIT_ENGINE_ONLY = {"pet": "--pet", "convention": "--convention", "samples": "--
                     "resume": "--resume", "spacing": "--spacing", "margin": "--margin", "workers": "--workers",
                     "chunk_size": "--chunk-size", "device": "--device", "predictive": "--predictive",
                     "threshold": "--threshold", "truth": "--truth"}
-"""Options of the sampling engines (tmcmc, npe) that ``fit --method lmi`` refuses: it samples nothing."""
+"""Options of the sampling engines (tmcmc, npe) that ``fit --method lmi`` refuses without ``--refine``: it samples
+nothing."""
 _FIT_MICROENVIRONMENT_ONLY = {"observation": "--observation", "schedule": "--schedule", "parameters": "--parameters",
                               "time_step": "--time-step"}
 _PREDICT_FIT_OPTIONS = {"method": "--method", "parameters": "--parameters", "samples": "--samples",
@@ -248,7 +249,7 @@ def _fit_microenvironment(args: argparse.Namespace) -> None:
 
 
 def _fit_fisher_kolmogorov(args: argparse.Namespace) -> None:
-    from personalize.fit import fit, summary_table, truth_from_json
+    from personalize.fit import fit, truth_from_json
     from personalize.io import load_observation
     from personalize.priors import parse_bound_overrides
     from simulators.anatomy import Anatomy
@@ -262,8 +263,22 @@ def _fit_fisher_kolmogorov(args: argparse.Namespace) -> None:
         return
     if args.weights is not None:
         raise ValueError("--weights applies to --method lmi only")
-    settings = FitSettings(
-        method=args.method, convention=args.convention, spacing_mm=args.spacing, margin_mm=args.margin,
+    if args.refine is not None:
+        raise ValueError("--refine applies to --method lmi only")
+    settings = _fit_settings(args, args.method)
+    bounds = parse_bound_overrides(args.bound)
+    truth = truth_from_json(args.truth) if args.truth else None
+    observation = load_observation(args.t1gd, args.flair, args.pet, labels=args.labels, core=True)
+    tissue = Anatomy.from_nifti(args.wm, args.gm, args.csf) if args.wm else None
+    result = fit(observation, args.out, tissue=tissue, settings=settings, bounds=bounds, bounds_toml=args.priors,
+                 resume=args.resume, progress=not args.quiet, truth=truth)
+    _print_fit(result.summary, settings, args.out)
+
+
+def _fit_settings(args: argparse.Namespace, method: str) -> FitSettings:
+    """The settings of a ``personalize fit`` of the growth model with ``method`` (an engine) from the options."""
+    return FitSettings(
+        method=method, convention=args.convention, spacing_mm=args.spacing, margin_mm=args.margin,
         seed_margin_mm=args.seed_margin, n_samples=_or(args.samples, FitSettings.n_samples),
         chain_steps=_or(args.chain_steps, FitSettings.chain_steps), max_stages=args.max_stages,
         n_predictive=args.predictive, thresholds=tuple(args.threshold or FitSettings.thresholds), seed=args.seed,
@@ -271,17 +286,16 @@ def _fit_fisher_kolmogorov(args: argparse.Namespace) -> None:
         estimator=args.estimator, rounds=_or(args.rounds, FitSettings.rounds),
         simulations=_or(args.simulations, FitSettings.simulations), npe_draws=_or(args.npe_draws, FitSettings.npe_draws),
         npe_max_epochs=args.max_epochs, embedding=args.embedding, scan_masks=args.scan_masks, pool=args.pool)
-    bounds = parse_bound_overrides(args.bound)
-    truth = truth_from_json(args.truth) if args.truth else None
-    observation = load_observation(args.t1gd, args.flair, args.pet, labels=args.labels, core=True)
-    tissue = Anatomy.from_nifti(args.wm, args.gm, args.csf) if args.wm else None
-    result = fit(observation, args.out, tissue=tissue, settings=settings, bounds=bounds, bounds_toml=args.priors,
-                 resume=args.resume, progress=not args.quiet, truth=truth)
-    summary = result.summary
+
+
+def _print_fit(summary: dict, settings: FitSettings, out: str) -> None:
+    """The summary table of an engine's fit, its MAP Dice, and a warning when the MAP tumour reaches the crop."""
+    from personalize.fit import summary_table
+
     print(summary_table(summary))
     quality = summary["map_fit"]
     print(f"MAP Dice: T1Gd {quality['dice_t1gd']:.3f}, FLAIR {quality['dice_flair']:.3f} ({summary['method']}); "
-          f"{summary['n_simulations']} simulations in {summary['wall_s']:.0f} s; wrote {args.out}")
+          f"{summary['n_simulations']} simulations in {summary['wall_s']:.0f} s; wrote {out}")
     wall, lowest = quality["density_at_crop_wall"], min(settings.thresholds)
     if wall > lowest:
         print(f"warning: the MAP tumour reaches the working box's wall (density {wall:.3f} > {lowest:g}); "
@@ -289,18 +303,21 @@ def _fit_fisher_kolmogorov(args: argparse.Namespace) -> None:
 
 
 def _fit_lmi(args: argparse.Namespace) -> None:
-    from personalize.fit import summary_table
+    from personalize.fit import summary_table, truth_from_json
     from personalize.io import load_observation
     from personalize.lmi.personalization import fit_lmi
+    from personalize.lmi.refine import REFINE_DIR, refine_lmi
+    from personalize.priors import parse_bound_overrides
     from simulators.anatomy import Anatomy
 
     given = _given(args, _FIT_ENGINE_ONLY)
-    if given:
+    if given and args.refine is None:
         raise ValueError(f"{', '.join(given)} do not apply to --method lmi (a network's point estimate from T1Gd and "
-                         "FLAIR, nothing sampled)")
+                         "FLAIR, nothing sampled) unless --refine tmcmc|npe samples after it")
     if args.weights is None:
         raise ValueError("--method lmi needs --weights FILE.pt (trained by python -m personalize.lmi.train)")
-    observation = load_observation(args.t1gd, args.flair, labels=args.labels, core=True)
+    settings = _fit_settings(args, args.refine) if args.refine else None
+    observation = load_observation(args.t1gd, args.flair, args.pet, labels=args.labels, core=True)
     tissue = Anatomy.from_nifti(args.wm, args.gm, args.csf) if args.wm else None
     result = fit_lmi(observation, args.out, weights=args.weights, tissue=tissue, seed=args.seed,
                      progress=not args.quiet)
@@ -311,6 +328,14 @@ def _fit_lmi(args: argparse.Namespace) -> None:
           f"FLAIR {quality['dice_flair']:.3f} (lmi); registration {summary['wall_s_registration']:.1f} s, network "
           f"{summary['wall_s_inference']:.1f} s, simulation {summary['wall_s_simulation']:.1f} s, "
           f"{summary['wall_s']:.0f} s in all; wrote {args.out}")
+    if settings is None:
+        return
+    refined_out = os.path.join(args.out, REFINE_DIR)
+    refined = refine_lmi(observation, result, refined_out, bounds=parse_bound_overrides(args.bound),
+                         bounds_toml=args.priors, tissue=tissue, settings=settings, resume=args.resume,
+                         progress=not args.quiet, truth=truth_from_json(args.truth) if args.truth else None)
+    print(f"refined with {args.refine} around the LMI estimate (prior narrowed by personalize.lmi.refine):")
+    _print_fit(refined.summary, settings, refined_out)
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -511,6 +536,10 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--weights", metavar="FILE.pt",
                         help="--method lmi: network weights with their .json record beside them (python -m "
                              "personalize.lmi.train)")
+    engine.add_argument("--refine", choices=ENGINES,
+                        help="--method lmi: then fit with this engine in patient space, the prior narrowed around "
+                             "the network's estimate (personalize.lmi.refine), into OUT/refine; the engine options "
+                             "apply to it")
     engine.add_argument("--convention", choices=("thesis", "gliomasolver"), default="thesis",
                         help="likelihood form (default thesis: Lipkova's Eq. 6 and PET ~ N(b u, sigma^2))")
     engine.add_argument("--samples", type=int, help=f"TMCMC population size (default {FitSettings.n_samples}; "

@@ -223,9 +223,11 @@ def fit(
     simulator: FisherKolmogorov | None = None,
     bounds: Mapping[str, tuple[float, float]] | None = None,
     bounds_toml: str | os.PathLike[str] | None = None,
+    seed_within: Mapping[str, tuple[float, float]] | None = None,
     resume: bool = False,
     progress: bool = True,
     truth: Mapping[str, float] | None = None,
+    record: Mapping[str, object] | None = None,
 ) -> FitResult:
     """Personalize the growth model to ``observation`` and write the fit's folder ``out``.
 
@@ -237,9 +239,12 @@ def fit(
         settings: engine, grid and output settings.
         simulator: the growth model (default :class:`simulators.fisher_kolmogorov.FisherKolmogorov`).
         bounds, bounds_toml: prior bound overrides (:meth:`personalize.priors.Prior.from_config`).
+        seed_within: a world box (mm, the input images' world space) the seed's candidate voxels are cut to
+            (:meth:`personalize.priors.Prior.from_config`), or None for every candidate.
         resume: continue from ``out/checkpoint``.
         progress: progress bars.
         truth: known parameter values (a synthetic case), marked in the pair plot.
+        record: further entries of ``summary.json`` (what the fit was started from), JSON-serializable.
 
     Raises:
         ValueError: bad settings or bounds, tissue on another grid, no candidate seed voxel, or a
@@ -250,7 +255,8 @@ def fit(
     simulator = simulator or FisherKolmogorov()
     problem = build_working_problem(observation, tissue, spacing_mm=settings.spacing_mm,
                                     margin_mm=settings.margin_mm)
-    prior = Prior.from_config(problem.anatomy, problem.scans, bounds, bounds_toml, settings.seed_margin_mm)
+    prior = Prior.from_config(problem.anatomy, problem.scans, bounds, bounds_toml, settings.seed_margin_mm,
+                              seed_within=seed_within)
     joint = JointLikelihood(convention=settings.convention)
     likelihood = ImageLogLikelihood(simulator, problem.anatomy, problem.scans, joint, prior.names, settings.device)
     checkpoint = out / "checkpoint"
@@ -258,7 +264,7 @@ def fit(
     engine = tmcmc_posterior if settings.method == "tmcmc" else npe_posterior
     posterior = engine(problem, prior, likelihood, settings, checkpoint=checkpoint, resume=resume, progress=progress)
     return write_fit(problem, prior, posterior, likelihood, settings, out, started=started, progress=progress,
-                     truth=truth)
+                     truth=truth, record=record)
 
 
 def tmcmc_posterior(
@@ -355,8 +361,10 @@ def write_fit(
     started: float,
     progress: bool,
     truth: Mapping[str, float] | None,
+    record: Mapping[str, object] | None = None,
 ) -> FitResult:
-    """Simulate the MAP and the posterior predictive, and write every output of the fit into ``out``."""
+    """Simulate the MAP and the posterior predictive, and write every output of the fit into ``out``, with
+    ``record``'s entries added to ``summary.json``."""
     best = posterior.samples[posterior.map_index()]
     map_working = likelihood.density(torch.from_numpy(best[None]))[0].cpu().numpy()
     draws = posterior.resample(settings.n_predictive, seed=settings.seed).samples
@@ -426,6 +434,7 @@ def write_fit(
         "settings": {**asdict(settings), "thresholds": list(settings.thresholds)},
         "world_space": "x, y, z are mm in the world (scanner) coordinates of the input images' affine",
         "files": {name: str(path) for name, path in files.items()},
+        **(record or {}),
     }
     files["summary"] = out / "summary.json"
     temporary = out / ".summary.json.tmp"

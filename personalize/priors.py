@@ -149,6 +149,22 @@ def seed_candidates(anatomy: Any, observation: Any, seed_margin_mm: float = DEFA
     return candidates
 
 
+def in_world_box(anatomy: Any, box: Mapping[str, tuple[float, float]]) -> np.ndarray:
+    """Boolean mask of the voxels of the anatomy's grid whose centre lies in ``box`` (``{"x", "y", "z"}`` →
+    ``(low, high)``, mm in the anatomy's world space; closed intervals)."""
+    missing = [name for name in SEED_NAMES if name not in box]
+    if missing:
+        raise ValueError(f"the seed's box needs x, y and z; {', '.join(missing)} missing")
+    affine = np.asarray(anatomy.affine, dtype=np.float64)
+    index = np.indices(tuple(np.shape(anatomy.wm)), dtype=np.float64)
+    world = np.tensordot(affine[:3, :3], index, axes=1) + affine[:3, 3, None, None, None]
+    inside = np.ones(world.shape[1:], dtype=bool)
+    for axis, name in enumerate(SEED_NAMES):
+        low, high = box[name]
+        inside &= (world[axis] >= low) & (world[axis] <= high)
+    return inside
+
+
 def check_bounds(name: str, low: float, high: float) -> tuple[float, float]:
     """``(low, high)`` as floats if they are valid bounds of box parameter ``name``.
 
@@ -369,18 +385,22 @@ class Prior(TorchDistribution):
         toml_path: PathLike | None = None,
         seed_margin_mm: float = DEFAULT_SEED_MARGIN_MM,
         *,
+        seed_within: Mapping[str, tuple[float, float]] | None = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> Prior:
         """The prior for a patient: default bounds, then the TOML file's ``[bounds]``, then ``overrides``.
 
         PET parameters are present exactly when ``observation.pet`` is not None. The seed is uniform over
-        :func:`seed_candidates` ``(anatomy, observation, seed_margin_mm)``, in the anatomy's world space.
+        :func:`seed_candidates` ``(anatomy, observation, seed_margin_mm)``, in the anatomy's world space, and,
+        with ``seed_within`` (a world box ``{"x", "y", "z"}`` → ``(low, high)`` mm), over those of them whose
+        centre lies in that box (:func:`in_world_box`; a prior narrowed around an estimate).
 
         Raises:
             ValueError: naming the parameter, for unknown names, ``low >= high``, bounds outside
-                :data:`PHYSICAL_RANGE`, or PET bounds for an observation without PET; and whatever
-                :func:`seed_candidates` refuses (grids that differ, no candidate voxel).
+                :data:`PHYSICAL_RANGE`, or PET bounds for an observation without PET; whatever
+                :func:`seed_candidates` refuses (grids that differ, no candidate voxel); and a ``seed_within``
+                box that holds no candidate voxel's centre.
         """
         has_pet = getattr(observation, "pet", None) is not None
         bounds = {n: v for n, v in DEFAULT_BOUNDS.items() if has_pet or n not in PET_NAMES}
@@ -396,6 +416,12 @@ class Prior(TorchDistribution):
                                      "parameters to bound")
                 bounds[name] = value
         candidates = seed_candidates(anatomy, observation, seed_margin_mm)
+        if seed_within is not None:
+            candidates = candidates & in_world_box(anatomy, seed_within)
+            if not candidates.any():
+                box = ", ".join(f"{name} in [{seed_within[name][0]:g}, {seed_within[name][1]:g}]" for name in SEED_NAMES)
+                raise ValueError(f"no candidate seed voxel (tissue within seed_margin_mm={seed_margin_mm:g} of the "
+                                 f"abnormality) has its centre in the seed's box ({box} mm)")
         return cls(bounds, candidates, anatomy.affine, seed_margin_mm=seed_margin_mm, dtype=dtype, device=device)
 
     def index(self, name: str) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 
+import arviz
 import nibabel as nib
 import numpy as np
 import pytest
@@ -25,8 +26,10 @@ from personalize.lmi.dataset import DatasetConfig, dataset_anatomy, manifest, ou
 from personalize.lmi.network import InverseNetwork, NetworkConfig, build_network
 from personalize.lmi.parameters import OutputRanges, mu_from_growth
 from personalize.lmi.personalization import fit_lmi, reference_front_speed
+from personalize.lmi.refine import RefineWidths, refined_bounds
 from personalize.lmi.weights import file_sha256, record_path, save_weights
 from personalize.overlap import dice
+from personalize.priors import DEFAULT_BOUNDS
 from personalize.registration import points_to_moving, to_moving
 from personalize.working_grid import flair_abnormality
 from simulators.anatomy import Anatomy
@@ -242,6 +245,7 @@ def test_a_tampered_weights_file_is_one_line_exit_2_naming_it(patient, weights, 
     (["--method", "lmi", "--weights", "w.pt", "--samples", "10", "--rounds", "2"],
      "--samples, --rounds do not apply to --method lmi"),
     (["--method", "lmi", "--weights", "w.pt", "--pet", "pet.nii.gz"], "--pet do not apply to --method lmi"),
+    (["--method", "tmcmc", "--refine", "tmcmc"], "--refine applies to --method lmi only"),
 ])
 def test_options_that_do_not_fit_the_method_are_refused_in_one_line(patient, tmp_path, capsys, extra, problem):
     code = main(["fit", "--t1gd", str(patient["t1gd"]), "--flair", str(patient["flair"]), *extra,
@@ -258,3 +262,50 @@ def test_lmi_is_no_engine_of_fit_nor_a_method_of_the_microenvironment_model(tmp_
     assert code == 2 and "--method lmi applies to --model fisher-kolmogorov only" in capsys.readouterr().err
     code = main(["fit", "--model", "microenvironment", "--weights", "w.pt", "--out", str(tmp_path / "out")])
     assert code == 2 and "--weights apply to --model fisher-kolmogorov only" in capsys.readouterr().err
+
+
+def test_refined_bounds_narrow_around_the_estimate_and_stay_inside_the_prior_box():
+    widths = RefineWidths(growth_factor=3.0, seed_radius_mm=12.0)
+    estimate = {"D_w": 0.3, "rho": 0.19, "T": 3000.0, "x": 10.0, "y": -20.0, "z": 5.0}
+    narrowed = refined_bounds(estimate, DEFAULT_BOUNDS, widths)
+    assert narrowed.bounds["D_w"] == pytest.approx((0.1, 0.9))
+    assert narrowed.bounds["rho"] == pytest.approx((0.19 / 3, DEFAULT_BOUNDS["rho"][1]))  # cut at the box
+    assert narrowed.bounds["T"] == pytest.approx((1500.0 / 3, 1500.0))  # an estimate outside: at the nearest edge
+    for name, (low, high) in narrowed.bounds.items():
+        prior_low, prior_high = DEFAULT_BOUNDS[name]
+        assert prior_low <= low < high <= prior_high
+        assert high - low < prior_high - prior_low
+    assert narrowed.seed_box == {"x": (-2.0, 22.0), "y": (-32.0, -8.0), "z": (-7.0, 17.0)}
+    with pytest.raises(ValueError, match="growth_factor"):
+        RefineWidths(growth_factor=1.0)
+
+
+def test_the_command_refines_with_tmcmc_in_the_narrowed_prior(patient, weights, tmp_path, capsys, measured):
+    """``--refine tmcmc`` after the network: a posterior in patient space whose seeds lie in the box around the
+    LMI seed (up to half a working voxel: the box cuts voxel centres, a seed lies anywhere in its voxel) and whose
+    D_w, rho, T lie in the narrowed bounds; the LMI folder is left as it was, the refined fit in OUT/refine."""
+    out = tmp_path / "run"
+    spacing = 8.0
+    code = main(["fit", "--method", "lmi", "--refine", "tmcmc", "--weights", str(weights),
+                 "--t1gd", str(patient["t1gd"]), "--flair", str(patient["flair"]), "--wm", str(patient["wm"]),
+                 "--gm", str(patient["gm"]), "--csf", str(patient["csf"]), "--samples", "16", "--chain-steps", "1",
+                 "--spacing", str(spacing), "--margin", "16", "--predictive", "2", "--threads", "1", "--quiet",
+                 "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert json.loads((out / "summary.json").read_text())["method"] == "lmi"
+    summary = json.loads((out / "refine" / "summary.json").read_text())
+    assert summary["method"] == "tmcmc" and "refined with tmcmc" in printed
+    lmi_seed = {name: summary["lmi_estimate"]["parameters"][name]["map"] for name in "xyz"}
+    assert summary["refine"]["seed_box_mm"] == {name: [lmi_seed[name] - 12.0, lmi_seed[name] + 12.0]
+                                                for name in "xyz"}
+    posterior = arviz.from_netcdf(out / "refine" / "posterior.nc").posterior
+    half_voxel = spacing / 2 + 1e-6
+    for name in "xyz":
+        samples = posterior[name].values.ravel()
+        low, high = summary["refine"]["seed_box_mm"][name]
+        assert low - half_voxel <= samples.min() and samples.max() <= high + half_voxel, name
+    for name, (low, high) in summary["refine"]["bounds"].items():
+        samples = posterior[name].values.ravel()
+        assert low <= samples.min() and samples.max() <= high, name
+    measured("lmi --refine tmcmc (16 samples, 8 mm) wall time of the refined fit (s)", f"{summary['wall_s']:.1f}")

@@ -19,6 +19,20 @@ def check_fit_synthetic_patient(out: Path, stdout: str) -> None:
     assert summary["n_simulations"] > 0 and "mu_1" in summary["parameters"]
 
 
+def check_lmi(out: Path, stdout: str) -> None:
+    for name in ("data/manifest.json", "weights/lmi_network.pt", "patient/truth.json", "fit/summary.json",
+                 "fit/map_density.nii.gz", "fit/figures/map_slices.png"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "fit" / "summary.json").read_text())
+    truth = {name: entry["value"] for name, entry in json.loads((out / "patient" / "truth.json").read_text()).items()}
+    assert summary["method"] == "lmi"
+    for name in ("mu_1", "mu_2", "x", "y", "z"):  # the printed estimates are the written ones
+        assert f"{name:<10}{truth[name]:>10.3f}{summary['parameters'][name]['map']:>10.3f}" in stdout, name
+    quality = summary["map_fit"]
+    assert f"T1Gd {quality['dice_t1gd']:.3f}, FLAIR {quality['dice_flair']:.3f}" in stdout
+    assert "Dice u=0.01" in stdout and "trained 3 epochs" in stdout
+
+
 def check_microenvironment_treatment(out: Path, stdout: str) -> None:
     record = json.loads((out / "comparison.json").read_text())
     final = {name: arm["measures"][-1] for name, arm in record["arms"].items()}
@@ -57,7 +71,7 @@ def check_treatment_response(out: Path, stdout: str) -> None:
     assert (out / "patient" / "observation.npz").is_file() and (out / "figures" / "response.png").is_file()
 
 
-CHECKS = {"fit_synthetic_patient": check_fit_synthetic_patient, "tmcmc_vs_npe": check_tmcmc_vs_npe,
+CHECKS = {"fit_synthetic_patient": check_fit_synthetic_patient, "tmcmc_vs_npe": check_tmcmc_vs_npe, "lmi": check_lmi,
           "microenvironment_treatment": check_microenvironment_treatment,
           "treatment_response": check_treatment_response}
 
