@@ -45,10 +45,9 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import time
-from collections.abc import Iterable, Sequence
-from concurrent.futures import Executor, as_completed
+from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,24 +55,30 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from likelihoods.imaging import draw_scans
 from personalize.executors import local_executor
 from personalize.lmi.inputs import encode_masks, network_input
 from personalize.lmi.parameters import OUTPUT_NAMES, OutputRanges, mu_from_growth
 from personalize.priors import DEFAULT_BOUNDS, TISSUE_THRESHOLD, Prior, check_bounds
+from personalize.shards import (
+    MANIFEST_FILE,
+    claim_folder,
+    shard_path,
+    shard_paths,
+    shard_seed,
+    write_shard,
+    write_shards,
+)
+from personalize.shards import read_manifest as read_shards_manifest
 from simulators.anatomy import Anatomy
 from simulators.atlas import default_atlas
 from simulators.fisher_kolmogorov import FisherKolmogorov
-from simulators.nifti import atomic_output
 from simulators.seed import Seed
 
 PathLike = str | os.PathLike[str]
 
-MANIFEST_FILE = "manifest.json"
 FORMAT = "lmi-dataset/1"
-_SHARD_NAME = re.compile(r"shard_(\d{5})\.npz")
 _BOX = (("d_w", "D_w"), ("rho", "rho"), ("t", "T"), ("u_t1gd", "u_t1gd"), ("u_flair", "u_flair"))
 """Config field → prior parameter of each box range."""
 
@@ -176,15 +181,6 @@ def output_ranges(config: DatasetConfig, anatomy: Anatomy) -> OutputRanges:
     return OutputRanges.from_bounds(prior.bounds, prior.seed_box)
 
 
-def shard_seed(data_seed: int, index: int) -> int:
-    """The torch seed of shard ``index``: an independent stream per (data seed, shard index)."""
-    return int(np.random.SeedSequence([data_seed, index]).generate_state(1, np.uint64)[0])
-
-
-def shard_path(directory: PathLike, index: int) -> Path:
-    return Path(directory) / f"shard_{index:05d}.npz"
-
-
 def simulate_shard(config: DatasetConfig, anatomy: Anatomy, data_seed: int, index: int) -> dict[str, np.ndarray]:
     """The arrays of shard ``index`` (module docstring), drawn from :func:`shard_seed` ``(data_seed, index)``.
 
@@ -230,11 +226,8 @@ class ShardWriter:
         self.config, self.anatomy, self.data_seed, self.directory = config, anatomy, data_seed, directory
 
     def __call__(self, index: int) -> Path:
-        arrays = simulate_shard(self.config, self.anatomy, self.data_seed, index)
-        path = shard_path(self.directory, index)
-        with atomic_output(path) as temporary, open(temporary, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-        return path
+        return write_shard(shard_path(self.directory, index),
+                           simulate_shard(self.config, self.anatomy, self.data_seed, index))
 
 
 def generate_dataset(directory: PathLike, config: DatasetConfig = CPU_DATASET, *, data_seed: int, shards: int,
@@ -255,17 +248,10 @@ def generate_dataset(directory: PathLike, config: DatasetConfig = CPU_DATASET, *
     started = time.perf_counter()
     directory = Path(directory)
     anatomy = dataset_anatomy(config)
-    _claim(directory, manifest(config, data_seed, anatomy))
-    paths = tuple(shard_path(directory, index) for index in range(shards))
-    pending = [index for index, path in enumerate(paths) if not path.exists()]
-    writer = ShardWriter(config, anatomy, data_seed, directory)
-    if executor is None:
-        done: Iterable[Path] = map(writer, pending)
-    else:
-        done = (future.result() for future in as_completed([executor.submit(writer, index) for index in pending]))
-    written = list(tqdm(done, total=len(pending), disable=not progress, desc="LMI shards", unit="shard"))
-    return GeneratedDataset(directory=directory, shards=paths, written=tuple(sorted(written)),
-                            wall_s=time.perf_counter() - started)
+    claim_folder(directory, manifest(config, data_seed, anatomy), "an LMI dataset")
+    paths, written = write_shards(directory, ShardWriter(config, anatomy, data_seed, directory), shards,
+                                  executor=executor, progress=progress, desc="LMI shards")
+    return GeneratedDataset(directory=directory, shards=paths, written=written, wall_s=time.perf_counter() - started)
 
 
 def manifest(config: DatasetConfig, data_seed: int, anatomy: Anatomy) -> dict[str, Any]:
@@ -302,13 +288,7 @@ def read_manifest(directory: PathLike) -> dict[str, Any]:
     Raises:
         ValueError: naming the folder, when it has none or one of another format.
     """
-    path = Path(directory) / MANIFEST_FILE
-    if not path.is_file():
-        raise ValueError(f"{directory}: no {MANIFEST_FILE}; not an LMI dataset (generate_dataset writes one)")
-    stored = json.loads(path.read_text())
-    if stored.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {stored.get('format')!r}, expected {FORMAT!r}")
-    return stored
+    return read_shards_manifest(directory, FORMAT, "an LMI dataset (generate_dataset writes one)")
 
 
 @dataclass(frozen=True, eq=False)
@@ -343,19 +323,6 @@ def open_dataset(directory: PathLike) -> OpenedDataset:
         raise ValueError(f"{directory}: no shard files")
     return OpenedDataset(directory=directory, config=config, data_seed=stored["data_seed"], anatomy=anatomy,
                          ranges=output_ranges(config, anatomy), manifest=stored, shards=shards)
-
-
-def shard_paths(directory: PathLike) -> tuple[Path, ...]:
-    """The shard files in ``directory``, by index."""
-    return tuple(sorted(path for path in Path(directory).iterdir() if _SHARD_NAME.fullmatch(path.name)))
-
-
-def shard_index(path: PathLike) -> int:
-    """The index in a shard file's name."""
-    match = _SHARD_NAME.fullmatch(Path(path).name)
-    if match is None:
-        raise ValueError(f"{path}: not a shard file name (shard_00000.npz)")
-    return int(match.group(1))
 
 
 def split_shards(indices: Sequence[int], fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
@@ -411,26 +378,6 @@ class ShardDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return network_input(self.masks[index])[None], torch.from_numpy(self.targets[index])
-
-
-def _claim(directory: Path, wanted: dict[str, Any]) -> None:
-    """Write ``wanted`` as ``directory``'s manifest, or refuse a folder whose manifest differs from it."""
-    path = directory / MANIFEST_FILE
-    if path.exists():
-        stored = json.loads(path.read_text())
-        if stored != wanted:
-            changed = [f"config.{key}" for key in wanted["config"]
-                       if stored.get("config", {}).get(key) != wanted["config"][key]]
-            changed += [key for key in wanted if key != "config" and stored.get(key) != wanted[key]]
-            raise ValueError(f"{directory} holds an LMI dataset of another configuration ({', '.join(changed)} "
-                             "differ); resume with the configuration and data seed in its manifest.json, or use "
-                             "another folder")
-    elif directory.exists() and shard_paths(directory):
-        raise ValueError(f"{directory} holds shard files but no {MANIFEST_FILE}: their configuration is unknown; "
-                         "use another folder")
-    else:
-        with atomic_output(path) as temporary:
-            temporary.write_text(json.dumps(wanted, indent=2) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

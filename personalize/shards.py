@@ -1,0 +1,116 @@
+"""Simulated training sets kept as numbered ``.npz`` shards beside a ``manifest.json``: reproducible, resumable.
+
+A dataset folder holds ``manifest.json`` (what the shards are: configuration, data seed, anatomy; JSON) and
+``shard_00000.npz`` … Shard i is drawn from a generator seeded by ``(data_seed, i)`` alone
+(:func:`shard_seed`), so its content does not depend on which shards were written before, on the number of
+workers, or on the order they finish in; :func:`write_shards` skips shards already on disk, and each shard is
+written atomically, so a killed run continues where it stopped. :func:`claim_folder` refuses to mix two
+configurations in one folder. Used by :mod:`personalize.lmi.dataset` and :mod:`personalize.surrogate.dataset`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from simulators.nifti import atomic_output
+
+PathLike = str | os.PathLike[str]
+
+MANIFEST_FILE = "manifest.json"
+_SHARD_NAME = re.compile(r"shard_(\d{5})\.npz")
+
+
+def shard_seed(data_seed: int, index: int) -> int:
+    """The seed of shard ``index``: an independent stream per (data seed, shard index)."""
+    return int(np.random.SeedSequence([data_seed, index]).generate_state(1, np.uint64)[0])
+
+
+def shard_path(directory: PathLike, index: int) -> Path:
+    return Path(directory) / f"shard_{index:05d}.npz"
+
+
+def shard_paths(directory: PathLike) -> tuple[Path, ...]:
+    """The shard files in ``directory``, by index."""
+    return tuple(sorted(path for path in Path(directory).iterdir() if _SHARD_NAME.fullmatch(path.name)))
+
+
+def shard_index(path: PathLike) -> int:
+    """The index in a shard file's name."""
+    match = _SHARD_NAME.fullmatch(Path(path).name)
+    if match is None:
+        raise ValueError(f"{path}: not a shard file name (shard_00000.npz)")
+    return int(match.group(1))
+
+
+def write_shard(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write ``arrays`` to ``path`` as a compressed ``.npz``, atomically."""
+    with atomic_output(path) as temporary, open(temporary, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+    return path
+
+
+def claim_folder(directory: Path, wanted: dict[str, Any], what: str) -> None:
+    """Write ``wanted`` as ``directory``'s manifest, or refuse a folder whose manifest differs from it (naming the
+    keys that differ, and those of ``wanted["config"]`` one by one) or that holds shards without a manifest.
+    ``what`` names the dataset in messages ("an LMI dataset")."""
+    path = directory / MANIFEST_FILE
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored != wanted:
+            changed = [f"config.{key}" for key in wanted.get("config", {})
+                       if stored.get("config", {}).get(key) != wanted["config"][key]]
+            changed += [key for key in wanted if key != "config" and stored.get(key) != wanted[key]]
+            raise ValueError(f"{directory} holds {what} of another configuration ({', '.join(changed)} differ); "
+                             "resume with the configuration and data seed in its manifest.json, or use another "
+                             "folder")
+    elif directory.exists() and shard_paths(directory):
+        raise ValueError(f"{directory} holds shard files but no {MANIFEST_FILE}: their configuration is unknown; "
+                         "use another folder")
+    else:
+        with atomic_output(path) as temporary:
+            temporary.write_text(json.dumps(wanted, indent=2) + "\n")
+
+
+def read_manifest(directory: PathLike, fmt: str, what: str) -> dict[str, Any]:
+    """``directory``'s manifest, checked to be of format ``fmt``.
+
+    Raises:
+        ValueError: no manifest, or one of another format.
+    """
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        raise ValueError(f"{directory}: no {MANIFEST_FILE}; not {what} folder")
+    stored = json.loads(path.read_text())
+    if stored.get("format") != fmt:
+        raise ValueError(f"{path}: format {stored.get('format')!r}, expected {fmt!r}")
+    return stored
+
+
+def write_shards(directory: PathLike, writer: Callable[[int], Path], shards: int, *,
+                 executor: Executor | None = None, progress: bool = True,
+                 desc: str = "shards") -> tuple[tuple[Path, ...], tuple[Path, ...]]:
+    """Call ``writer(i)`` for each shard ``i < shards`` not yet in ``directory``; return all shard paths and
+    those written now.
+
+    Serial when ``executor`` is None; otherwise each shard is one task of ``executor`` (``writer`` must then be
+    picklable), with a progress bar over shards either way.
+    """
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise ValueError(f"shards must be a positive integer, got {shards!r}")
+    paths = tuple(shard_path(directory, index) for index in range(shards))
+    pending = [index for index, path in enumerate(paths) if not path.exists()]
+    if executor is None:
+        done: Iterable[Path] = map(writer, pending)
+    else:
+        done = (future.result() for future in as_completed([executor.submit(writer, index) for index in pending]))
+    written = list(tqdm(done, total=len(pending), disable=not progress, desc=desc, unit="shard"))
+    return paths, tuple(sorted(written))
