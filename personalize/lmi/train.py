@@ -44,10 +44,11 @@ from torch.nn import functional
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from personalize.lmi.dataset import ShardDataset, open_dataset, shard_index, split_shards
+from personalize.lmi.dataset import ShardDataset, open_dataset, split_shards
 from personalize.lmi.metrics import TestMetrics, evaluate_test_set, predict_dataset
 from personalize.lmi.network import NetworkConfig, build_network, parameter_count
 from personalize.lmi.weights import save_weights
+from personalize.shards import shard_index
 from simulators.nifti import atomic_output
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -91,9 +92,10 @@ class TrainingConfig:
         object.__setattr__(self, "split", tuple(float(f) for f in self.split))
 
 
-CPU_TRAINING = TrainingConfig()
+CPU_TRAINING = TrainingConfig(evaluation_cases=240)
 """Sized for about 2 h or less on a 2-core CPU with :data:`personalize.lmi.dataset.CPU_DATASET` and
-:data:`~personalize.lmi.dataset.CPU_SHARDS` shards (the module docstring has the measurement)."""
+:data:`~personalize.lmi.dataset.CPU_SHARDS` shards (the module docstring has the measurement). Its test table
+grows the densities of the whole test set (15 shards of 16: 240 samples, two 4 mm simulations each)."""
 GPU_TRAINING = TrainingConfig(network=NetworkConfig(channels=(32, 64, 128, 256), blocks_per_stage=2),
                               batch_size=64, max_epochs=200, patience=20, evaluation_cases=64)
 """Full scale, for :data:`personalize.lmi.dataset.GPU_DATASET` (2 mm, 30,080 samples) on one GPU: a wider,
