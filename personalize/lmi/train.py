@@ -32,24 +32,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.nn import functional
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from personalize.lmi.dataset import ShardDataset, open_dataset, split_shards
 from personalize.lmi.metrics import TestMetrics, evaluate_test_set, predict_dataset
 from personalize.lmi.network import NetworkConfig, build_network, parameter_count
 from personalize.lmi.weights import save_weights
 from personalize.shards import shard_index
-from simulators.nifti import atomic_output
+from personalize.training import train_epochs
 
 CHECKPOINT_FILE = "checkpoint.pt"
 WEIGHTS_FILE = "lmi_network.pt"
@@ -144,80 +141,32 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainingConfig =
     network = build_network(config.network, seed=config.seed, device=device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
-    state = _resume(out_dir / CHECKPOINT_FILE, identity, network, optimizer, generator, device)
     loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator,
                         drop_last=len(train_set) > config.batch_size)
     validation_targets = torch.from_numpy(validation_set.targets)
 
-    batch_seconds: list[float] = []
-    with tqdm(total=config.max_epochs, initial=state["epoch"], disable=not progress, desc="LMI", unit="epoch") as bar:
-        while state["epoch"] < config.max_epochs and not state["stopped_early"]:
-            network.train()
-            total, count = 0.0, 0
-            for inputs, targets in tqdm(loader, disable=not progress, desc=f"epoch {state['epoch'] + 1}",
-                                        unit="batch", leave=False):
-                tick = time.perf_counter()
-                loss = functional.l1_loss(network(inputs.to(device)), targets.to(device))
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                batch_seconds.append(time.perf_counter() - tick)
-                total, count = total + float(loss.detach()) * len(targets), count + len(targets)
-            predicted = predict_dataset(network, validation_set, batch_size=config.batch_size)
-            validation = float(functional.l1_loss(predicted, validation_targets))
-            state["train_loss"].append(total / count)
-            state["validation_loss"].append(validation)
-            if validation < state["best_validation"]:
-                state["best_validation"], state["best_epoch"] = validation, state["epoch"]
-                state["best_network"] = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
-            state["epoch"] += 1
-            state["stopped_early"] = state["epoch"] - 1 - state["best_epoch"] >= config.patience
-            _write_checkpoint(out_dir / CHECKPOINT_FILE, identity, state, network, optimizer, generator)
-            bar.update()
-            bar.set_postfix(train=f"{state['train_loss'][-1]:.4f}", validation=f"{validation:.4f}")
+    def batch_loss(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        inputs, targets = batch
+        return functional.l1_loss(network(inputs.to(device)), targets.to(device)), len(targets)
 
-    if state["best_network"] is None:
-        raise RuntimeError(f"the validation loss was never finite ({state['validation_loss']}): training diverged")
-    network.load_state_dict(state["best_network"])
+    def validation_loss() -> float:
+        predicted = predict_dataset(network, validation_set, batch_size=config.batch_size)
+        return float(functional.l1_loss(predicted, validation_targets))
+
+    state = train_epochs(network, optimizer, generator, loader, batch_loss, validation_loss,
+                         checkpoint=out_dir / CHECKPOINT_FILE, identity=identity,
+                         checkpoint_format=_CHECKPOINT_FORMAT, max_epochs=config.max_epochs,
+                         patience=config.patience, device=device, progress=progress, desc="LMI")
     test = evaluate_test_set(network, test_set, dataset.ranges, dataset.anatomy, dataset.config.simulator,
                              cases=config.evaluation_cases, batch_size=config.batch_size)
     weights = out_dir / WEIGHTS_FILE
     save_weights(network, weights, ranges=dataset.ranges, provenance={
         "data_seed": dataset.data_seed, "dataset": dataset.manifest["config"], "anatomy": dataset.manifest["anatomy"],
         "split": asdict(split), "training": json.loads(json.dumps(asdict(config))),
-        "best_epoch": state["best_epoch"], "test_metrics": asdict(test)})
-    return TrainingResult(train_loss=tuple(state["train_loss"]), validation_loss=tuple(state["validation_loss"]),
-                          best_epoch=state["best_epoch"], stopped_early=state["stopped_early"], test=test,
-                          weights=weights,
-                          seconds_per_batch=sum(batch_seconds) / len(batch_seconds) if batch_seconds else math.nan,
-                          wall_s=time.perf_counter() - started)
-
-
-def _resume(path: Path, identity: str, network: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            generator: torch.Generator, device: torch.device | str) -> dict[str, Any]:
-    """The training state: fresh, or read from the checkpoint at ``path`` into ``network``, ``optimizer`` and
-    ``generator`` after checking it belongs to this dataset and configuration."""
-    if not path.exists():
-        return {"epoch": 0, "train_loss": [], "validation_loss": [], "best_validation": math.inf, "best_epoch": -1,
-                "best_network": None, "stopped_early": False}
-    saved = torch.load(path, map_location=device, weights_only=True)
-    if not isinstance(saved, dict) or saved.get("format") != _CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not an LMI training checkpoint")
-    if saved["identity"] != identity:
-        raise ValueError(f"{path}: a checkpoint of another dataset or training configuration (only max_epochs may "
-                         "change on resuming); use another output folder")
-    network.load_state_dict(saved["network"])
-    optimizer.load_state_dict(saved["optimizer"])
-    generator.set_state(saved["generator"])
-    return {key: saved[key] for key in ("epoch", "train_loss", "validation_loss", "best_validation", "best_epoch",
-                                        "best_network", "stopped_early")}
-
-
-def _write_checkpoint(path: Path, identity: str, state: dict[str, Any], network: torch.nn.Module,
-                      optimizer: torch.optim.Optimizer, generator: torch.Generator) -> None:
-    with atomic_output(path) as temporary:
-        torch.save({"format": _CHECKPOINT_FORMAT, "identity": identity, **state, "network": network.state_dict(),
-                    "optimizer": optimizer.state_dict(), "generator": generator.get_state()}, temporary)
+        "best_epoch": state.best_epoch, "test_metrics": asdict(test)})
+    return TrainingResult(train_loss=tuple(state.train_loss), validation_loss=tuple(state.validation_loss),
+                          best_epoch=state.best_epoch, stopped_early=state.stopped_early, test=test, weights=weights,
+                          seconds_per_batch=state.seconds_per_batch, wall_s=time.perf_counter() - started)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
