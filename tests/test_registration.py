@@ -9,7 +9,6 @@ from pathlib import Path
 import ants
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from conftest import phantom, world_mm
 from personalize.registration import (
@@ -29,6 +28,7 @@ from personalize.registration import (
 from personalize.overlap import dice
 from simulators.anatomy import Anatomy
 from simulators.atlas import default_atlas
+from simulators.deformation import deformed
 
 RAS_4MM = np.array([[4.0, 0, 0, -62], [0, 4.0, 0, -62], [0, 0, 4.0, -62], [0, 0, 0, 1]])
 """A 32³ grid around the origin, axes right, anterior, superior."""
@@ -64,22 +64,6 @@ def on_grid(anatomy: Anatomy, affine: np.ndarray, shape: tuple[int, int, int]) -
     target = Anatomy(*(np.zeros(shape, np.float32),) * 3, affine=affine)
     maps = {name: anatomy.resample_array_to(getattr(anatomy, name), target) for name in ("wm", "gm", "csf")}
     return Anatomy(**maps, affine=affine)
-
-
-def deformed(anatomy: Anatomy, seed: int, amplitude_mm: float = 6.0, control_mm: float = 40.0) -> Anatomy:
-    """``anatomy`` under a known smooth deformation: 5 % larger, shifted a few mm, and a random displacement
-    field (cubic interpolation of Gaussian noise on control points ``control_mm`` apart) of peak
-    ``amplitude_mm`` per axis, on the same grid."""
-    rng = np.random.default_rng(seed)
-    shape, spacing = np.array(anatomy.shape), anatomy.spacing_mm[0]
-    control = rng.standard_normal((3, *(np.ceil(shape * spacing / control_mm).astype(int) + 1)))
-    field = np.stack([ndimage.zoom(c, shape / np.array(c.shape), order=3) for c in control])
-    field *= amplitude_mm / spacing / np.abs(field).max()
-    centre = ((shape - 1) / 2)[:, None, None, None]
-    shift = (np.array([4.0, -4.0, 3.0]) / spacing)[:, None, None, None]
-    source = centre + 1.05 * (np.indices(anatomy.shape) - centre) + field + shift
-    maps = {name: ndimage.map_coordinates(getattr(anatomy, name), source, order=1) for name in ("wm", "gm", "csf")}
-    return Anatomy(**maps, affine=anatomy.affine)
 
 
 @pytest.fixture(scope="module")
