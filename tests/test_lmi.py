@@ -25,7 +25,8 @@ from personalize.lmi.inputs import FLAIR_WEIGHT, T1GD_WEIGHT, encode_masks, netw
 from personalize.lmi.network import NetworkConfig, build_network, parameter_count
 from personalize.lmi.parameters import OutputRanges, growth_from_mu, mu_from_growth
 from personalize.lmi.train import CHECKPOINT_FILE, TrainingConfig, train
-from personalize.lmi.weights import load_weights, record_path, save_weights
+from personalize.checked_weights import record_path
+from personalize.lmi.weights import load_weights, save_weights
 from personalize.priors import DEFAULT_BOUNDS
 from simulators.fisher_kolmogorov import FisherKolmogorov, front_speed
 from simulators.stencil import set_threads

@@ -1,4 +1,5 @@
-"""Trained Learn-Morph-Infer weights on disk: a state dict and a JSON record beside it that vouches for it.
+"""Trained Learn-Morph-Infer weights on disk: a state dict and a JSON record beside it that vouches for it
+(:mod:`personalize.checked_weights`).
 
 ``<name>.pt`` holds the network's state dict (tensors only); ``<name>.json`` holds what the weights mean and
 where they came from: the :class:`personalize.lmi.network.NetworkConfig`, the output names and the ranges that
@@ -11,8 +12,6 @@ refused. (Ezhov et al., Learn-Morph-Infer, Med Image Anal 83:102672, 2023, arXiv
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,13 +19,19 @@ from typing import Any
 
 import torch
 
+from personalize.checked_weights import load_checked, save_checked
 from personalize.lmi.network import InverseNetwork, NetworkConfig, build_network, parameter_count
 from personalize.lmi.parameters import OUTPUT_NAMES, OutputRanges
-from simulators.nifti import atomic_output
 
 PathLike = str | os.PathLike[str]
 
 FORMAT = "lmi-weights/1"
+
+SHIPPED_WEIGHTS = Path(__file__).parent / "shipped" / "lmi_network.pt"
+"""The weights shipped with the package, beside their record: made by this repository's own commands,
+``python -m personalize.lmi.dataset OUT --preset cpu --seed 0`` then ``python -m personalize.lmi.train OUT W
+--preset cpu`` (the 4 mm MNI152 atlas, 2,400 simulated tumours); their test table is in ``docs/lmi.md`` and in
+the record's ``test_metrics``. ``personalize fit --method lmi`` uses them when no ``--weights`` is given."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,20 +41,6 @@ class LoadedWeights:
     network: InverseNetwork
     ranges: OutputRanges
     record: dict[str, Any]
-
-
-def record_path(weights: PathLike) -> Path:
-    """The JSON record beside a weights file: the same name with ``.json``."""
-    return Path(weights).with_suffix(".json")
-
-
-def file_sha256(path: PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_weights(network: InverseNetwork, path: PathLike, *, ranges: OutputRanges,
@@ -66,20 +57,13 @@ def save_weights(network: InverseNetwork, path: PathLike, *, ranges: OutputRange
     Returns:
         The record's path.
     """
-    path = Path(path)
     reserved = {"format", "weights_file", "sha256", "network", "parameter_count", "output_names", "ranges"}
     if reserved & set(provenance):
         raise ValueError(f"provenance must not set {sorted(reserved & set(provenance))}: save_weights writes them")
-    with atomic_output(path) as temporary:
-        torch.save({name: tensor.detach().cpu() for name, tensor in network.state_dict().items()}, temporary)
-    record = {"format": FORMAT, "weights_file": path.name, "sha256": file_sha256(path),
-              "network": asdict(network.config), "parameter_count": parameter_count(network),
-              "output_names": list(OUTPUT_NAMES), "ranges": {"low": list(ranges.low), "high": list(ranges.high)},
-              **provenance}
-    text = json.dumps(record, indent=2, allow_nan=False) + "\n"
-    with atomic_output(record_path(path)) as temporary:
-        temporary.write_text(text)
-    return record_path(path)
+    return save_checked(network.state_dict(), path, {
+        "format": FORMAT, "network": asdict(network.config), "parameter_count": parameter_count(network),
+        "output_names": list(OUTPUT_NAMES), "ranges": {"low": list(ranges.low), "high": list(ranges.high)},
+        **provenance})
 
 
 def load_weights(path: PathLike, *, config: NetworkConfig | None = None,
@@ -96,24 +80,13 @@ def load_weights(path: PathLike, *, config: NetworkConfig | None = None,
             the recorded one (the file changed since it was saved), ``config`` differs from the recorded
             architecture, or the state dict does not fit that architecture.
     """
-    path = Path(path)
-    record_file = record_path(path)
-    if not record_file.is_file():
-        raise ValueError(f"{path}: no record {record_file.name} beside it; weights are only loaded with the record "
-                         "save_weights wrote")
-    record = json.loads(record_file.read_text())
-    if record.get("format") != FORMAT:
-        raise ValueError(f"{record_file}: format {record.get('format')!r}, expected {FORMAT!r}")
-    actual = file_sha256(path)
-    if actual != record["sha256"]:
-        raise ValueError(f"{path}: SHA-256 {actual} differs from {record['sha256']} recorded in {record_file.name}; "
-                         "the file changed since it was saved, refusing to load it")
+    state, record = load_checked(path, FORMAT, device=device)
     recorded = NetworkConfig(**record["network"])
     if config is not None and config != recorded:
         raise ValueError(f"{path}: saved for {recorded}, but {config} was asked for")
     network = build_network(recorded, seed=0, device=device)
     try:
-        network.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        network.load_state_dict(state)
     except RuntimeError as error:
         raise ValueError(f"{path}: its state dict does not fit {recorded}: {error}") from None
     network.eval()
