@@ -10,6 +10,7 @@ configurations in one folder. Used by :mod:`personalize.lmi.dataset` and :mod:`p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from simulators.anatomy import Anatomy
 from simulators.nifti import atomic_output
 
 PathLike = str | os.PathLike[str]
@@ -114,3 +116,12 @@ def write_shards(directory: PathLike, writer: Callable[[int], Path], shards: int
         done = (future.result() for future in as_completed([executor.submit(writer, index) for index in pending]))
     written = list(tqdm(done, total=len(pending), disable=not progress, desc=desc, unit="shard"))
     return paths, tuple(sorted(written))
+
+
+def anatomy_record(anatomy: Anatomy) -> dict[str, Any]:
+    """What identifies an anatomy in a manifest (JSON types only): its shape, affine and the SHA-256 of its
+    WM, GM and CSF maps and affine."""
+    digest = hashlib.sha256()
+    for array in (anatomy.wm, anatomy.gm, anatomy.csf, anatomy.affine):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return {"shape": list(anatomy.shape), "affine": anatomy.affine.tolist(), "sha256": digest.hexdigest()}

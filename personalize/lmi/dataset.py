@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import time
@@ -63,6 +62,7 @@ from personalize.lmi.parameters import OUTPUT_NAMES, OutputRanges, mu_from_growt
 from personalize.priors import DEFAULT_BOUNDS, TISSUE_THRESHOLD, Prior, check_bounds
 from personalize.shards import (
     MANIFEST_FILE,
+    anatomy_record,
     claim_folder,
     shard_path,
     shard_paths,
@@ -262,15 +262,6 @@ def manifest(config: DatasetConfig, data_seed: int, anatomy: Anatomy) -> dict[st
     return json.loads(json.dumps({
         "format": FORMAT, "data_seed": data_seed, "config": asdict(config), "anatomy": anatomy_record(anatomy),
         "output_names": OUTPUT_NAMES, "ranges": {"low": ranges.low, "high": ranges.high}}))
-
-
-def anatomy_record(anatomy: Anatomy) -> dict[str, Any]:
-    """What identifies an anatomy in a manifest (JSON types only): its shape, affine and the SHA-256 of its
-    WM, GM and CSF maps and affine."""
-    digest = hashlib.sha256()
-    for array in (anatomy.wm, anatomy.gm, anatomy.csf, anatomy.affine):
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return {"shape": list(anatomy.shape), "affine": anatomy.affine.tolist(), "sha256": digest.hexdigest()}
 
 
 def config_from_json(fields: dict[str, Any]) -> DatasetConfig:
