@@ -1,6 +1,7 @@
 """Learn-Morph-Infer end to end: wall time on a real patient, and Dice against the truth with and without refinement.
 
-Run as ``python benchmarks/lmi_end_to_end.py --weights lmi_network.pt --data ../shared/data [--synthetic N]``.
+Run as ``python benchmarks/lmi_end_to_end.py --data ../shared/data [--weights W.pt] [--synthetic N]`` (default:
+the weights shipped in the package).
 ``fit_lmi`` (Ezhov et al., Learn-Morph-Infer, Med Image Anal 2023, arXiv:2111.04090) is timed end to end,
 registration included, on the Lipkova et al. (2019) patient (``DATA/lipkova_patient``: WM, GM, T1Gd and FLAIR
 segmentations in GliomaSolver's label convention, 256³ at 1 mm; skipped with a message when absent). With
@@ -31,7 +32,7 @@ from personalize.io import load_observation  # noqa: E402
 from personalize.lmi.dataset import sample_prior  # noqa: E402
 from personalize.lmi.personalization import fit_lmi, weights_atlas  # noqa: E402
 from personalize.lmi.refine import refine_lmi  # noqa: E402
-from personalize.lmi.weights import load_weights  # noqa: E402
+from personalize.lmi.weights import SHIPPED_WEIGHTS, load_weights  # noqa: E402
 from personalize.overlap import dice  # noqa: E402
 from personalize.synth import synthesize, write_synthetic  # noqa: E402
 from simulators.anatomy import Anatomy  # noqa: E402
@@ -106,7 +107,8 @@ def synthetic_figures(patient: Path, weights: Path, count: int, spacing_mm: floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", type=Path, required=True, help="trained weights (python -m personalize.lmi.train)")
+    parser.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS,
+                        help="trained weights (python -m personalize.lmi.train); default: the shipped ones")
     parser.add_argument("--data", type=Path, required=True, help="folder with lipkova_patient/")
     parser.add_argument("--synthetic", type=int, default=0, help="synthetic patients in the patient's anatomy")
     parser.add_argument("--synthetic-spacing", type=float, default=2.0, help="their grid spacing, mm")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from likelihoods.imaging import MASK_MODELS
 from personalize.embedding import EMBEDDINGS
-from personalize.fit import ENGINES, METHODS, FitSettings
+from personalize.fit import ENGINES, METHODS, SIMULATORS, FitSettings
 from personalize.npe import ESTIMATORS
 from personalize.tmcmc import StageLimitReached
 from personalize.virtual_patient import DEFAULT_TIME_STEP_DAYS, PARAMETER_FIELDS, VirtualPatientFitSettings
@@ -36,7 +36,8 @@ _FIT_FK_ONLY = {"t1gd": "--t1gd", "flair": "--flair", "pet": "--pet", "labels": 
                 "csf": "--csf", "convention": "--convention", "embedding": "--embedding",
                 "scan_masks": "--scan-masks", "pool": "--pool", "bound": "--bound", "priors": "--priors",
                 "seed_margin": "--seed-margin", "spacing": "--spacing", "margin": "--margin", "device": "--device",
-                "predictive": "--predictive", "threshold": "--threshold", "weights": "--weights", "refine": "--refine"}
+                "predictive": "--predictive", "threshold": "--threshold", "weights": "--weights", "refine": "--refine",
+                "simulator": "--simulator", "surrogate_weights": "--surrogate-weights"}
 _FIT_ENGINE_ONLY = {"pet": "--pet", "convention": "--convention", "samples": "--samples",
                     "chain_steps": "--chain-steps", "max_stages": "--max-stages", "estimator": "--estimator",
                     "rounds": "--rounds", "simulations": "--simulations", "npe_draws": "--npe-draws",
@@ -285,7 +286,8 @@ def _fit_settings(args: argparse.Namespace, method: str) -> FitSettings:
         workers=args.workers, chunk_size=_or(args.chunk_size, FitSettings.chunk_size), device=args.device,
         estimator=args.estimator, rounds=_or(args.rounds, FitSettings.rounds),
         simulations=_or(args.simulations, FitSettings.simulations), npe_draws=_or(args.npe_draws, FitSettings.npe_draws),
-        npe_max_epochs=args.max_epochs, embedding=args.embedding, scan_masks=args.scan_masks, pool=args.pool)
+        npe_max_epochs=args.max_epochs, embedding=args.embedding, scan_masks=args.scan_masks, pool=args.pool,
+        simulator=args.simulator, surrogate_weights=args.surrogate_weights)
 
 
 def _print_fit(summary: dict, settings: FitSettings, out: str) -> None:
@@ -303,10 +305,11 @@ def _print_fit(summary: dict, settings: FitSettings, out: str) -> None:
 
 
 def _fit_lmi(args: argparse.Namespace) -> None:
-    from personalize.fit import summary_table, truth_from_json
+    from personalize.fit import growth_simulator, summary_table, truth_from_json
     from personalize.io import load_observation
     from personalize.lmi.personalization import fit_lmi
     from personalize.lmi.refine import REFINE_DIR, refine_lmi
+    from personalize.lmi.weights import SHIPPED_WEIGHTS
     from personalize.priors import parse_bound_overrides
     from simulators.anatomy import Anatomy
 
@@ -314,13 +317,13 @@ def _fit_lmi(args: argparse.Namespace) -> None:
     if given and args.refine is None:
         raise ValueError(f"{', '.join(given)} do not apply to --method lmi (a network's point estimate from T1Gd and "
                          "FLAIR, nothing sampled) unless --refine tmcmc|npe samples after it")
-    if args.weights is None:
-        raise ValueError("--method lmi needs --weights FILE.pt (trained by python -m personalize.lmi.train)")
     settings = _fit_settings(args, args.refine) if args.refine else None
+    growth = FitSettings(simulator=args.simulator, surrogate_weights=args.surrogate_weights, device=args.device)
+    simulator, simulator_record = growth_simulator(growth) if args.simulator != "fisher-kolmogorov" else (None, None)
     observation = load_observation(args.t1gd, args.flair, args.pet, labels=args.labels, core=True)
     tissue = Anatomy.from_nifti(args.wm, args.gm, args.csf) if args.wm else None
-    result = fit_lmi(observation, args.out, weights=args.weights, tissue=tissue, seed=args.seed,
-                     progress=not args.quiet)
+    result = fit_lmi(observation, args.out, weights=args.weights or SHIPPED_WEIGHTS, tissue=tissue, seed=args.seed,
+                     progress=not args.quiet, simulator=simulator, simulator_record=simulator_record)
     summary = result.summary
     print(summary_table(summary))
     quality = summary["map_fit"]
@@ -531,15 +534,22 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--method", choices=METHODS, default="tmcmc",
                         help="inference engine: tmcmc (likelihood-based), npe (sequential neural posterior "
                              "estimation, likelihood learned from simulated scans) or lmi (Learn-Morph-Infer: a "
-                             "trained network's point estimate in the atlas, through a registration; --weights); "
+                             "trained network's point estimate in the atlas, through a registration); "
                              "default tmcmc")
     engine.add_argument("--weights", metavar="FILE.pt",
                         help="--method lmi: network weights with their .json record beside them (python -m "
-                             "personalize.lmi.train)")
+                             "personalize.lmi.train); default: the weights shipped in the package (4 mm atlas)")
     engine.add_argument("--refine", choices=ENGINES,
                         help="--method lmi: then fit with this engine in patient space, the prior narrowed around "
                              "the network's estimate (personalize.lmi.refine), into OUT/refine; the engine options "
                              "apply to it")
+    engine.add_argument("--simulator", choices=SIMULATORS, default="fisher-kolmogorov",
+                        help="growth model of every simulation: the numerical solver (default) or its geometry-aware "
+                             "neural surrogate (simulators.surrogates.geometry_aware; docs/surrogate.md says where it "
+                             "pays off)")
+    engine.add_argument("--surrogate-weights", metavar="FILE.pt",
+                        help="--simulator surrogate: weights with their .json record (python -m "
+                             "personalize.surrogate.train); default: the weights shipped in the package")
     engine.add_argument("--convention", choices=("thesis", "gliomasolver"), default="thesis",
                         help="likelihood form (default thesis: Lipkova's Eq. 6 and PET ~ N(b u, sigma^2))")
     engine.add_argument("--samples", type=int, help=f"TMCMC population size (default {FitSettings.n_samples}; "

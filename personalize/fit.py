@@ -62,12 +62,16 @@ from personalize.working_grid import (
 )
 from simulators.anatomy import Anatomy
 from simulators.fisher_kolmogorov import FisherKolmogorov
+from simulators.protocol import Simulator
 
 ENGINES = ("tmcmc", "npe")
 """The methods :func:`fit` runs: posteriors from simulations on the patient's own grid."""
 METHODS = (*ENGINES, "lmi")
 """Every ``personalize fit --method``: the engines, and Learn-Morph-Infer's point estimate through the atlas
 (:func:`personalize.lmi.personalization.fit_lmi`)."""
+SIMULATORS = ("fisher-kolmogorov", "surrogate")
+"""The growth models a fit simulates with: the numerical solver, or its geometry-aware neural surrogate
+(:mod:`simulators.surrogates.geometry_aware`) with trained weights."""
 LOG_SCALED = ("D_w", "rho", "T")
 DERIVED_UNITS = {"mu_1": "mm", "mu_2": "1"}
 
@@ -105,6 +109,9 @@ class FitSettings:
         embedding: how NPE sees the scans (:data:`personalize.embedding.EMBEDDINGS`).
         scan_masks: how NPE's simulated masks are made (:mod:`likelihoods.imaging`).
         pool: NPE's scans are averaged over ``pool³`` working voxels before the embedding.
+        simulator: the growth model, one of :data:`SIMULATORS`.
+        surrogate_weights: the surrogate's weights file (None: the weights shipped in the package,
+            :data:`personalize.surrogate.weights.SHIPPED_SURROGATE`).
     """
 
     method: str = "tmcmc"
@@ -132,6 +139,8 @@ class FitSettings:
     embedding: str = "moments"
     scan_masks: str = "threshold"
     pool: int = 1
+    simulator: str = "fisher-kolmogorov"
+    surrogate_weights: str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in ENGINES:
@@ -156,6 +165,10 @@ class FitSettings:
             raise ValueError(f"target_cov must be > 0, got {self.target_cov}")
         if self.pool < 1:
             raise ValueError(f"pool must be >= 1, got {self.pool}")
+        if self.simulator not in SIMULATORS:
+            raise ValueError(f"unknown simulator {self.simulator!r}; available: {', '.join(SIMULATORS)}")
+        if self.surrogate_weights is not None and self.simulator != "surrogate":
+            raise ValueError("surrogate_weights applies to simulator 'surrogate' only")
 
     def npe_settings(self) -> NPESettings:
         """The sequential-NPE settings these fit settings imply."""
@@ -174,6 +187,22 @@ class FitResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
+def growth_simulator(settings: FitSettings) -> tuple[Simulator, dict[str, object]]:
+    """The growth model ``settings`` name, and what ``summary.json`` records of it (its name; for the surrogate,
+    its weights file and their SHA-256).
+
+    Raises:
+        ValueError: surrogate weights that are missing, changed since they were saved, or of another format.
+    """
+    if settings.simulator == "fisher-kolmogorov":
+        return FisherKolmogorov(), {"name": "fisher_kolmogorov"}
+    from personalize.surrogate.weights import SHIPPED_SURROGATE, load_surrogate
+
+    path = Path(settings.surrogate_weights or SHIPPED_SURROGATE)
+    surrogate, record = load_surrogate(path, device=settings.device, batch_size=settings.chunk_size)
+    return surrogate, {"name": "geometry_aware_surrogate", "weights": str(path.resolve()), "sha256": record["sha256"]}
+
+
 def with_growth_scales(posterior: Posterior) -> Posterior:
     """The posterior with the derived columns μ₁ = √(D_w·T) (mm) and μ₂ = √(ρ·T) appended."""
     index = {name: i for i, name in enumerate(posterior.parameter_names)}
@@ -184,9 +213,11 @@ def with_growth_scales(posterior: Posterior) -> Posterior:
                    samples=np.concatenate([s, mu], axis=1), units={**posterior.units, **DERIVED_UNITS})
 
 
-def fingerprint(problem: WorkingProblem, prior: Prior, settings: FitSettings) -> str:
-    """SHA-256 over the working scans and anatomy, the prior's bounds and seed set, and the settings that
-    change samples (not ``workers``, ``chunk_size``, ``device``, ``max_stages`` or the predictive ones)."""
+def fingerprint(problem: WorkingProblem, prior: Prior, settings: FitSettings,
+                simulator: Mapping[str, object] | None = None) -> str:
+    """SHA-256 over the working scans and anatomy, the prior's bounds and seed set, the settings that change
+    samples (not ``workers``, ``chunk_size``, ``device``, ``max_stages`` or the predictive ones), and what
+    describes the simulator (its weights' SHA-256 for a surrogate: :func:`growth_simulator`)."""
     digest = hashlib.sha256()
     arrays = [problem.anatomy.wm, problem.anatomy.gm, problem.anatomy.affine, prior.candidates]
     arrays += [t.cpu().numpy() for t in (problem.scans.t1gd, problem.scans.flair, problem.scans.pet) if t is not None]
@@ -194,7 +225,7 @@ def fingerprint(problem: WorkingProblem, prior: Prior, settings: FitSettings) ->
         digest.update(np.ascontiguousarray(array).tobytes())
     sampling = {k: v for k, v in asdict(settings).items()
                 if k not in ("workers", "chunk_size", "device", "n_predictive", "thresholds", "max_stages")}
-    digest.update(json.dumps([sampling, prior.bounds], sort_keys=True).encode())
+    digest.update(json.dumps([sampling, prior.bounds, dict(simulator or {})], sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -220,7 +251,7 @@ def fit(
     *,
     tissue: Anatomy | None = None,
     settings: FitSettings = FitSettings(),
-    simulator: FisherKolmogorov | None = None,
+    simulator: Simulator | None = None,
     bounds: Mapping[str, tuple[float, float]] | None = None,
     bounds_toml: str | os.PathLike[str] | None = None,
     seed_within: Mapping[str, tuple[float, float]] | None = None,
@@ -237,7 +268,7 @@ def fit(
         tissue: the patient's tissue maps on the scans' grid, or None for the default atlas (scans in
             MNI152 space).
         settings: engine, grid and output settings.
-        simulator: the growth model (default :class:`simulators.fisher_kolmogorov.FisherKolmogorov`).
+        simulator: the growth model (default: the one ``settings.simulator`` names, :func:`growth_simulator`).
         bounds, bounds_toml: prior bound overrides (:meth:`personalize.priors.Prior.from_config`).
         seed_within: a world box (mm, the input images' world space) the seed's candidate voxels are cut to
             (:meth:`personalize.priors.Prior.from_config`), or None for every candidate.
@@ -252,7 +283,10 @@ def fit(
     """
     started = time.perf_counter()
     out = Path(out)
-    simulator = simulator or FisherKolmogorov()
+    if simulator is None:
+        simulator, described = growth_simulator(settings)
+    else:
+        described = {"name": type(simulator).__name__}
     problem = build_working_problem(observation, tissue, spacing_mm=settings.spacing_mm,
                                     margin_mm=settings.margin_mm)
     prior = Prior.from_config(problem.anatomy, problem.scans, bounds, bounds_toml, settings.seed_margin_mm,
@@ -260,11 +294,12 @@ def fit(
     joint = JointLikelihood(convention=settings.convention)
     likelihood = ImageLogLikelihood(simulator, problem.anatomy, problem.scans, joint, prior.names, settings.device)
     checkpoint = out / "checkpoint"
-    prepare_checkpoint(checkpoint, fingerprint(problem, prior, settings), resume)
+    prepare_checkpoint(checkpoint, fingerprint(problem, prior, settings, described), resume)
     engine = tmcmc_posterior if settings.method == "tmcmc" else npe_posterior
     posterior = engine(problem, prior, likelihood, settings, checkpoint=checkpoint, resume=resume, progress=progress)
     return write_fit(problem, prior, posterior, likelihood, settings, out, started=started, progress=progress,
-                     truth=truth, record=record)
+                     truth=truth, record={"simulator": described["name"], "simulator_record": described,
+                                          **(record or {})})
 
 
 def tmcmc_posterior(
@@ -414,7 +449,6 @@ def write_fit(
 
     summary: dict[str, object] = {
         "method": posterior.method,
-        "simulator": "fisher_kolmogorov",
         "n_simulations": int(posterior.n_simulations + 1 + settings.n_predictive),
         "n_simulations_inference": int(posterior.n_simulations),
         "wall_s": wall_s,

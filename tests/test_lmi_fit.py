@@ -27,7 +27,8 @@ from personalize.lmi.network import InverseNetwork, NetworkConfig, build_network
 from personalize.lmi.parameters import OutputRanges, mu_from_growth
 from personalize.lmi.personalization import fit_lmi, reference_front_speed
 from personalize.lmi.refine import RefineWidths, refined_bounds
-from personalize.lmi.weights import file_sha256, record_path, save_weights
+from personalize.checked_weights import file_sha256, record_path
+from personalize.lmi.weights import save_weights
 from personalize.overlap import dice
 from personalize.priors import DEFAULT_BOUNDS
 from personalize.registration import points_to_moving, to_moving
@@ -241,7 +242,6 @@ def test_a_tampered_weights_file_is_one_line_exit_2_naming_it(patient, weights, 
 @pytest.mark.parametrize("extra, problem", [
     (["--method", "tmcmc", "--weights", "w.pt"], "--weights applies to --method lmi only"),
     (["--method", "npe", "--weights", "w.pt"], "--weights applies to --method lmi only"),
-    (["--method", "lmi"], "--method lmi needs --weights"),
     (["--method", "lmi", "--weights", "w.pt", "--samples", "10", "--rounds", "2"],
      "--samples, --rounds do not apply to --method lmi"),
     (["--method", "lmi", "--weights", "w.pt", "--pet", "pet.nii.gz"], "--pet do not apply to --method lmi"),
@@ -280,22 +280,28 @@ def test_refined_bounds_narrow_around_the_estimate_and_stay_inside_the_prior_box
         RefineWidths(growth_factor=1.0)
 
 
-def test_the_command_refines_with_tmcmc_in_the_narrowed_prior(patient, weights, tmp_path, capsys, measured):
-    """``--refine tmcmc`` after the network: a posterior in patient space whose seeds lie in the box around the
+ENGINE_OPTIONS = {"tmcmc": ["--samples", "16", "--chain-steps", "1"],
+                  "npe": ["--rounds", "1", "--simulations", "64", "--npe-draws", "64", "--max-epochs", "5"]}
+"""The smallest settings of each refining engine that still sample a posterior."""
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINE_OPTIONS))
+def test_the_command_refines_in_the_narrowed_prior(patient, weights, tmp_path, capsys, measured, engine):
+    """``--refine tmcmc|npe`` after the network: a posterior in patient space whose seeds lie in the box around the
     LMI seed (up to half a working voxel: the box cuts voxel centres, a seed lies anywhere in its voxel) and whose
     D_w, rho, T lie in the narrowed bounds; the LMI folder is left as it was, the refined fit in OUT/refine."""
     out = tmp_path / "run"
     spacing = 8.0
-    code = main(["fit", "--method", "lmi", "--refine", "tmcmc", "--weights", str(weights),
+    code = main(["fit", "--method", "lmi", "--refine", engine, "--weights", str(weights),
                  "--t1gd", str(patient["t1gd"]), "--flair", str(patient["flair"]), "--wm", str(patient["wm"]),
-                 "--gm", str(patient["gm"]), "--csf", str(patient["csf"]), "--samples", "16", "--chain-steps", "1",
+                 "--gm", str(patient["gm"]), "--csf", str(patient["csf"]), *ENGINE_OPTIONS[engine],
                  "--spacing", str(spacing), "--margin", "16", "--predictive", "2", "--threads", "1", "--quiet",
                  "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0
     assert json.loads((out / "summary.json").read_text())["method"] == "lmi"
     summary = json.loads((out / "refine" / "summary.json").read_text())
-    assert summary["method"] == "tmcmc" and "refined with tmcmc" in printed
+    assert summary["method"].split("-")[0] == engine and f"refined with {engine}" in printed
     lmi_seed = {name: summary["lmi_estimate"]["parameters"][name]["map"] for name in "xyz"}
     assert summary["refine"]["seed_box_mm"] == {name: [lmi_seed[name] - 12.0, lmi_seed[name] + 12.0]
                                                 for name in "xyz"}
@@ -308,4 +314,5 @@ def test_the_command_refines_with_tmcmc_in_the_narrowed_prior(patient, weights, 
     for name, (low, high) in summary["refine"]["bounds"].items():
         samples = posterior[name].values.ravel()
         assert low <= samples.min() and samples.max() <= high, name
-    measured("lmi --refine tmcmc (16 samples, 8 mm) wall time of the refined fit (s)", f"{summary['wall_s']:.1f}")
+    measured(f"lmi --refine {engine} ({' '.join(ENGINE_OPTIONS[engine])}, 8 mm) wall time of the refined fit (s)",
+             f"{summary['wall_s']:.1f}")

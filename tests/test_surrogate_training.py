@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import phantom
 from personalize.checked_weights import record_path
+from personalize.cli import main
+from personalize.fit import FitSettings
 from personalize.surrogate.anatomies import AnatomySpec, build_anatomy, default_anatomies
 from personalize.surrogate.dataset import (
     SOLVER,
@@ -25,6 +28,7 @@ from personalize.surrogate.dataset import (
 )
 from personalize.surrogate.train import TrainingConfig, case_metrics, train
 from personalize.surrogate.weights import load_surrogate
+from personalize.synth import BUILT_IN_CASE, synthesize, write_synthetic
 from simulators.atlas import default_atlas
 from simulators.nifti import write_nifti
 from simulators.protocol import Simulator
@@ -149,3 +153,36 @@ def test_training_lowers_the_loss_resumes_to_the_same_weights_and_gives_a_simula
         load_surrogate(tampered)
     with pytest.raises(ValueError, match="another dataset or training configuration"):
         train(data_dir, tmp_path / "whole", replace(TINY, learning_rate=0.01), progress=False)
+
+
+@pytest.fixture(scope="module")
+def weights(data_dir, tmp_path_factory):
+    return train(data_dir, tmp_path_factory.mktemp("weights"), TINY, progress=False).weights
+
+
+def test_a_fit_with_the_surrogate_says_so_and_a_resume_with_the_solver_is_refused(weights, tmp_path, capsys):
+    truth = BUILT_IN_CASE | {"x": -20.0, "y": 0.0, "z": 4.0, "D_w": 0.3, "rho": 0.05, "T": 200.0}
+    case = write_synthetic(synthesize(truth, phantom(32, 4.0), seed=0, with_pet=False), tmp_path / "patient")
+    command = ["fit", "--t1gd", str(case["t1gd"]), "--flair", str(case["flair"]), "--wm", str(case["wm"]),
+               "--gm", str(case["gm"]), "--csf", str(case["csf"]), "--samples", "16", "--chain-steps", "1",
+               "--spacing", "8", "--margin", "16", "--predictive", "2", "--threads", "1", "--quiet",
+               "--out", str(tmp_path / "fit")]
+    assert main([*command, "--simulator", "surrogate", "--surrogate-weights", str(weights), "--max-stages", "2"]) \
+        in (0, 1)  # 1: stopped at the stage limit, resumable
+    assert (tmp_path / "fit" / "checkpoint" / "fit.json").exists()
+    capsys.readouterr()
+    code = main([*command, "--resume"])
+    error = capsys.readouterr().err
+    assert code == 2 and "checkpoint of another fit" in error, error
+    code = main([*command, "--simulator", "surrogate", "--surrogate-weights", str(weights)])
+    assert code == 0
+    summary = json.loads((tmp_path / "fit" / "summary.json").read_text())
+    assert summary["simulator"] == "geometry_aware_surrogate"
+    assert summary["simulator_record"]["sha256"] == json.loads(record_path(weights).read_text())["sha256"]
+
+
+def test_the_surrogate_options_are_refused_where_they_do_not_apply(tmp_path, capsys):
+    code = main(["fit", "--model", "microenvironment", "--simulator", "surrogate", "--out", str(tmp_path / "o")])
+    assert code == 2 and "--simulator apply to --model fisher-kolmogorov only" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="surrogate_weights applies to simulator 'surrogate' only"):
+        FitSettings(surrogate_weights="w.pt")

@@ -17,8 +17,8 @@
 # through the steps, not a measure of the method. The same from a shell, at full size:
 #
 # ```
-# python -m personalize.lmi.dataset --preset cpu --out lmi-data
-# python -m personalize.lmi.train --preset cpu --data lmi-data --out lmi-weights
+# python -m personalize.lmi.dataset lmi-data --preset cpu --workers 2
+# python -m personalize.lmi.train lmi-data lmi-weights --preset cpu
 # personalize synth --out patient
 # personalize fit --method lmi --weights lmi-weights/lmi_network.pt --refine tmcmc \
 #     --t1gd patient/t1gd.nii.gz --flair patient/flair.nii.gz --wm patient/wm.nii.gz --gm patient/gm.nii.gz \

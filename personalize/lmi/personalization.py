@@ -69,6 +69,7 @@ from personalize.report import plot_orthogonal_slices
 from personalize.working_grid import flair_abnormality, scans_anatomy
 from simulators.anatomy import Anatomy
 from simulators.fisher_kolmogorov import PARAMETER_NAMES, PARAMETER_UNITS, front_speed
+from simulators.protocol import Simulator
 from simulators.nifti import atomic_output
 
 PathLike = str | os.PathLike[str]
@@ -149,6 +150,8 @@ def fit_lmi(
     seed: int = 0,
     threads: int = 1,
     progress: bool = True,
+    simulator: Simulator | None = None,
+    simulator_record: dict[str, Any] | None = None,
 ) -> LMIFit:
     """Personalize the Fisher–Kolmogorov model to ``observation`` with trained Learn-Morph-Infer weights
     (Ezhov et al., Med Image Anal 2023, arXiv:2111.04090) and write the run's folder (module docstring).
@@ -163,6 +166,8 @@ def fit_lmi(
         seed: ANTs' random seed.
         threads: ITK threads of the registration (1: reproducible transforms).
         progress: a progress bar over the simulation's time steps.
+        simulator: what grows the estimate in the atlas (default: the solver the training data were grown with);
+            ``simulator_record`` is what ``summary.json`` records of it (:func:`personalize.fit.growth_simulator`).
 
     Raises:
         ValueError: naming the weights file, when it is missing its record, changed since it was saved, or
@@ -194,7 +199,8 @@ def fit_lmi(
 
     tick = time.perf_counter()
     growth = torch.tensor([[d_w, rho, t, *seed_atlas]], dtype=torch.float64)
-    density_atlas = config.simulator.simulate(growth, atlas, progress=progress)[0].numpy()
+    grower = simulator if simulator is not None else config.simulator
+    density_atlas = grower.simulate(growth, atlas, progress=progress)[0].numpy()
     simulation_s = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -215,7 +221,8 @@ def fit_lmi(
     files["registration"] = registration.out_dir
     summary: dict[str, Any] = {
         "method": "lmi",
-        "simulator": "fisher_kolmogorov",
+        "simulator": (simulator_record or {}).get("name", "fisher_kolmogorov"),
+        "simulator_record": simulator_record or {"name": "fisher_kolmogorov"},
         "n_simulations": 1,
         "wall_s": time.perf_counter() - started,
         "wall_s_registration": registration.wall_s,

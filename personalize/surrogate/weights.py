@@ -28,6 +28,12 @@ PathLike = str | os.PathLike[str]
 
 FORMAT = "surrogate-weights/1"
 
+SHIPPED_SURROGATE = Path(__file__).parent / "shipped" / "surrogate.pt"
+"""The surrogate weights shipped with the package, beside their record: made by this repository's own commands,
+``python -m personalize.surrogate.dataset`` then ``python -m personalize.surrogate.train`` with the CPU presets
+(32³ cubes of 4 mm); their metrics are in ``docs/surrogate.md`` and in the record. ``--simulator surrogate`` uses
+them when no ``--surrogate-weights`` is given."""
+
 
 def save_surrogate(network: GeometryAwareNetwork, path: PathLike, *, provenance: dict[str, Any]) -> Path:
     """Write ``network``'s state dict to ``path`` and its record (its configuration and ``provenance``) beside it;
