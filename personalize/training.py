@@ -8,6 +8,8 @@ One loop serves :mod:`personalize.lmi.train` and :mod:`personalize.surrogate.tra
   epoch; :func:`train_epochs` on a checkpoint continues from it, to the same result as an uninterrupted run, and
   refuses one whose ``identity`` (a JSON string of the dataset and of the configuration less ``max_epochs``)
   differs, so that only the number of epochs may change on resuming;
+- the learning rate is multiplied by ``lr_factor`` whenever the validation loss has not improved for
+  ``lr_patience`` epochs (``torch.optim.lr_scheduler.ReduceLROnPlateau``; its state is checkpointed too);
 - early stopping: training ends once the validation loss has not improved for ``patience`` epochs
   (Prechelt, "Early stopping — but when?", Neural Networks: Tricks of the Trade, 1998).
 """
@@ -63,6 +65,8 @@ def train_epochs(
     checkpoint_format: str,
     max_epochs: int,
     patience: int,
+    lr_patience: int,
+    lr_factor: float,
     device: torch.device | str = "cpu",
     progress: bool = True,
     desc: str = "train",
@@ -79,6 +83,7 @@ def train_epochs(
         identity: what the checkpoint must belong to (module docstring).
         checkpoint_format: the format string of this kind of checkpoint.
         max_epochs, patience: when to stop.
+        lr_patience, lr_factor: when and how much to lower the learning rate.
         device: where the checkpoint's tensors are loaded to.
         progress: progress bars over epochs and batches.
         desc: the progress bar's label.
@@ -87,7 +92,8 @@ def train_epochs(
         ValueError: a checkpoint of another format or identity.
         RuntimeError: the validation loss was never finite (training diverged).
     """
-    state = _resume(checkpoint, identity, checkpoint_format, network, optimizer, generator, device)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=lr_factor, patience=lr_patience)
+    state = _resume(checkpoint, identity, checkpoint_format, network, optimizer, scheduler, generator, device)
     with tqdm(total=max_epochs, initial=state.epoch, disable=not progress, desc=desc, unit="epoch") as bar:
         while state.epoch < max_epochs and not state.stopped_early:
             network.train()
@@ -103,6 +109,7 @@ def train_epochs(
                 total, count = total + float(loss.detach()) * samples, count + samples
             network.eval()
             validation = validation_loss()
+            scheduler.step(validation)
             state.train_loss.append(total / count)
             state.validation_loss.append(validation)
             if validation < state.best_validation:
@@ -110,9 +117,10 @@ def train_epochs(
                 state.best_network = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
             state.epoch += 1
             state.stopped_early = state.epoch - 1 - state.best_epoch >= patience
-            _write_checkpoint(checkpoint, identity, checkpoint_format, state, network, optimizer, generator)
+            _write_checkpoint(checkpoint, identity, checkpoint_format, state, network, optimizer, scheduler, generator)
             bar.update()
-            bar.set_postfix(train=f"{state.train_loss[-1]:.4f}", validation=f"{validation:.4f}")
+            bar.set_postfix(train=f"{state.train_loss[-1]:.4f}", validation=f"{validation:.4f}",
+                            lr=f"{optimizer.param_groups[0]['lr']:.2g}")
     if state.best_network is None:
         raise RuntimeError(f"the validation loss was never finite ({state.validation_loss}): training diverged")
     network.load_state_dict(state.best_network)
@@ -121,9 +129,10 @@ def train_epochs(
 
 
 def _resume(path: Path, identity: str, checkpoint_format: str, network: torch.nn.Module,
-            optimizer: torch.optim.Optimizer, generator: torch.Generator, device: torch.device | str) -> EpochState:
-    """The training state: fresh, or read from the checkpoint at ``path`` into ``network``, ``optimizer`` and
-    ``generator`` after checking it belongs to this dataset and configuration."""
+            optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
+            generator: torch.Generator, device: torch.device | str) -> EpochState:
+    """The training state: fresh, or read from the checkpoint at ``path`` into ``network``, ``optimizer``,
+    ``scheduler`` and ``generator`` after checking it belongs to this dataset and configuration."""
     if not path.exists():
         return EpochState()
     saved = torch.load(path, map_location=device, weights_only=True)
@@ -134,13 +143,16 @@ def _resume(path: Path, identity: str, checkpoint_format: str, network: torch.nn
                          "change on resuming); use another output folder")
     network.load_state_dict(saved["network"])
     optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
     generator.set_state(saved["generator"])
     return EpochState(**{key: saved[key] for key in _STATE_KEYS})
 
 
 def _write_checkpoint(path: Path, identity: str, checkpoint_format: str, state: EpochState, network: torch.nn.Module,
-                      optimizer: torch.optim.Optimizer, generator: torch.Generator) -> None:
+                      optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
+                      generator: torch.Generator) -> None:
     saved = {key: getattr(state, key) for key in _STATE_KEYS}
     with atomic_output(path) as temporary:
         torch.save({"format": checkpoint_format, "identity": identity, **saved, "network": network.state_dict(),
-                    "optimizer": optimizer.state_dict(), "generator": generator.get_state()}, temporary)
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state()}, temporary)

@@ -5,8 +5,9 @@ Ezhov et al., IEEE TMI 41(5):1269–1278 (2022), arXiv:2009.04240. The network
 
 - loss: the paper's, :func:`simulators.surrogates.geometry_aware.surrogate_loss` (L1 over the tumour plus L1 over
   CSF, where the density must stay 0);
-- optimiser: AdamW (Loshchilov and Hutter, ICLR 2019) at a constant learning rate; the published code uses Adam
-  with a cosine schedule over 30 epochs, a fixed epoch count that early stopping replaces here;
+- optimiser: AdamW (Loshchilov and Hutter, ICLR 2019), the learning rate halved whenever the validation loss has
+  not improved for ``lr_patience`` epochs; the published code uses Adam with a cosine schedule over 30 epochs, a
+  fixed epoch count that early stopping replaces here;
 - data: split by anatomy (the roles of :mod:`personalize.surrogate.anatomies`): no sample of a validation or test
   anatomy is trained on; batches drawn in an order from a generator seeded by the training seed;
 - the epoch loop of :mod:`personalize.training` (a checkpoint each epoch, resuming to the same result, early
@@ -57,19 +58,22 @@ class TrainingConfig:
     Attributes:
         channels, parameter_channels, skips, features: the network (:class:`SurrogateConfig`; its cube and box come
             from the dataset).
-        batch_size, max_epochs, learning_rate, weight_decay, patience: the optimisation (module docstring).
+        batch_size, max_epochs, learning_rate, weight_decay, patience, lr_patience, lr_factor: the optimisation
+            (module docstring).
         seed: initial weights and batch order.
     """
 
-    channels: tuple[int, ...] = (16, 32, 64, 64)
+    channels: tuple[int, ...] = (8, 16, 32, 32)
     parameter_channels: int = 8
-    skips: bool = False
-    features: str = "dwt"
+    skips: bool = True
+    features: str = "mu"
     batch_size: int = 8
-    max_epochs: int = 60
+    max_epochs: int = 12
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
-    patience: int = 8
+    patience: int = 3
+    lr_patience: int = 1
+    lr_factor: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -90,8 +94,7 @@ class TrainingConfig:
 
 
 CPU_TRAINING = TrainingConfig()
-GPU_TRAINING = TrainingConfig(channels=(32, 64, 128, 128), parameter_channels=8, batch_size=16, max_epochs=100,
-                              patience=15)
+GPU_TRAINING = TrainingConfig(channels=(32, 64, 128, 128), batch_size=16, max_epochs=100, patience=15)
 """Full scale, for the 64³ cubes of :data:`personalize.surrogate.dataset.GPU_DATA` on one GPU. Not run here."""
 PRESETS = {"cpu": CPU_TRAINING, "gpu": GPU_TRAINING}
 
@@ -215,7 +218,8 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainingConfig = CP
     state = train_epochs(network, optimizer, generator, loader, batch_loss, validation_loss,
                          checkpoint=out_dir / CHECKPOINT_FILE, identity=identity,
                          checkpoint_format=_CHECKPOINT_FORMAT, max_epochs=config.max_epochs,
-                         patience=config.patience, device=device, progress=progress, desc="surrogate")
+                         patience=config.patience, lr_patience=config.lr_patience, lr_factor=config.lr_factor,
+                         device=device, progress=progress, desc="surrogate")
     validation = evaluate(network, validation_set, batch_size=config.batch_size)
     test = evaluate(network, test_set, batch_size=config.batch_size) if test_set is not None else None
     weights = out_dir / WEIGHTS_FILE
