@@ -71,9 +71,21 @@ def check_treatment_response(out: Path, stdout: str) -> None:
     assert (out / "patient" / "observation.npz").is_file() and (out / "figures" / "response.png").is_file()
 
 
+def check_surrogate(out: Path, stdout: str) -> None:
+    for name in ("data/manifest.json", "weights/surrogate.pt", "weights/surrogate.json", "fit/summary.json",
+                 "fit/posterior.nc"):
+        assert (out / name).is_file(), name
+    record = json.loads((out / "weights" / "surrogate.json").read_text())
+    assert "Dice u=0.2" in stdout and "trained 3 epochs" in stdout and record["test_metrics"]["samples"] > 0
+    summary = json.loads((out / "fit" / "summary.json").read_text())
+    assert summary["simulator"] == "geometry_aware_surrogate"
+    assert summary["simulator_record"]["sha256"] == record["sha256"]
+    assert f"{summary['n_simulations']} simulations" in stdout  # the printed figures are the written ones
+
+
 CHECKS = {"fit_synthetic_patient": check_fit_synthetic_patient, "tmcmc_vs_npe": check_tmcmc_vs_npe, "lmi": check_lmi,
           "microenvironment_treatment": check_microenvironment_treatment,
-          "treatment_response": check_treatment_response}
+          "treatment_response": check_treatment_response, "surrogate": check_surrogate}
 
 
 @pytest.mark.parametrize("tutorial", TUTORIALS, ids=lambda path: path.stem)
