@@ -10,18 +10,23 @@ configurations in one folder. Used by :mod:`personalize.lmi.dataset` and :mod:`p
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from personalize.executors import local_executor
 from simulators.anatomy import Anatomy
 from simulators.nifti import atomic_output
 
@@ -58,6 +63,27 @@ def write_shard(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     with atomic_output(path) as temporary, open(temporary, "wb") as handle:
         np.savez_compressed(handle, **arrays)
     return path
+
+
+def load_shards(paths: Sequence[PathLike], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The arrays ``names`` of the shards at ``paths``, each concatenated along its first axis in the order of
+    ``paths``.
+
+    Raises:
+        ValueError: no path, or shards whose arrays ``names[0]`` differ in shape beyond the first axis (not one
+            dataset).
+    """
+    if not paths:
+        raise ValueError("no shard files given")
+    arrays: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for path in paths:
+        with np.load(path) as shard:
+            for name, values in arrays.items():
+                values.append(shard[name])
+    shapes = {a.shape[1:] for a in arrays[names[0]]}
+    if len(shapes) != 1:
+        raise ValueError(f"shards of different {names[0]} shapes {sorted(shapes)}: not one dataset")
+    return {name: np.concatenate(values) for name, values in arrays.items()}
 
 
 def claim_folder(directory: Path, wanted: dict[str, Any], what: str) -> None:
@@ -97,17 +123,57 @@ def read_manifest(directory: PathLike, fmt: str, what: str) -> dict[str, Any]:
     return stored
 
 
-def write_shards(directory: PathLike, writer: Callable[[int], Path], shards: int, *,
-                 executor: Executor | None = None, progress: bool = True,
-                 desc: str = "shards") -> tuple[tuple[Path, ...], tuple[Path, ...]]:
-    """Call ``writer(i)`` for each shard ``i < shards`` not yet in ``directory``; return all shard paths and
-    those written now.
+@dataclass(frozen=True)
+class GeneratedShards:
+    """Shards ``0 … shards − 1`` of a dataset folder, those this call wrote, and its wall time."""
+
+    directory: Path
+    shards: tuple[Path, ...]
+    written: tuple[Path, ...]
+    wall_s: float
+
+
+def generation_parser(prog: str, description: str, presets: Sequence[str],
+                      presets_help: str) -> argparse.ArgumentParser:
+    """The command line every dataset generator takes: ``OUT [--preset P] [--shards N] [--seed S] [--workers W]``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("out", help="dataset folder (created; an existing one is resumed)")
+    parser.add_argument("--preset", choices=sorted(presets), default="cpu", help=presets_help)
+    parser.add_argument("--shards", type=int, help="number of shards (default: the preset's)")
+    parser.add_argument("--seed", type=int, default=0, help="data seed")
+    parser.add_argument("--workers", type=int, default=1, help="simulating processes (0: one per CPU)")
+    return parser
+
+
+def generate_with_workers(generate: Callable[..., GeneratedShards], workers: int, *args: Any,
+                          **kwargs: Any) -> GeneratedShards:
+    """``generate(*args, executor=…, **kwargs)`` on a pool of ``workers`` local processes (0: one per CPU; 1: none),
+    then a line saying what was written."""
+    executor = local_executor(workers or None)
+    with executor if executor is not None else contextlib.nullcontext():
+        result = generate(*args, executor=executor, **kwargs)
+    print(f"{len(result.shards)} shards in {result.directory} ({len(result.written)} written now, "
+          f"{result.wall_s:.1f} s)")
+    return result
+
+
+def generate_shards(directory: PathLike, wanted: dict[str, Any], what: str, writer: Callable[[int], Path],
+                    shards: int, *, executor: Executor | None = None, progress: bool = True,
+                    desc: str = "shards") -> GeneratedShards:
+    """Claim ``directory`` with the manifest ``wanted`` (:func:`claim_folder`), then call ``writer(i)`` for each
+    shard ``i < shards`` not yet in it.
 
     Serial when ``executor`` is None; otherwise each shard is one task of ``executor`` (``writer`` must then be
     picklable), with a progress bar over shards either way.
+
+    Raises:
+        ValueError: ``shards`` below 1, or what :func:`claim_folder` refuses.
     """
     if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
         raise ValueError(f"shards must be a positive integer, got {shards!r}")
+    started = time.perf_counter()
+    directory = Path(directory)
+    claim_folder(directory, wanted, what)
     paths = tuple(shard_path(directory, index) for index in range(shards))
     pending = [index for index, path in enumerate(paths) if not path.exists()]
     if executor is None:
@@ -115,7 +181,8 @@ def write_shards(directory: PathLike, writer: Callable[[int], Path], shards: int
     else:
         done = (future.result() for future in as_completed([executor.submit(writer, index) for index in pending]))
     written = list(tqdm(done, total=len(pending), disable=not progress, desc=desc, unit="shard"))
-    return paths, tuple(sorted(written))
+    return GeneratedShards(directory=directory, shards=paths, written=tuple(sorted(written)),
+                           wall_s=time.perf_counter() - started)
 
 
 def anatomy_record(anatomy: Anatomy) -> dict[str, Any]:

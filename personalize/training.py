@@ -52,6 +52,27 @@ class EpochState:
         return sum(self.batch_seconds) / len(self.batch_seconds) if self.batch_seconds else math.nan
 
 
+def check_optimisation(config: Any) -> None:
+    """Check the optimisation fields a training configuration holds: ``batch_size``, ``max_epochs`` and
+    ``patience`` positive integers, ``lr_patience`` a non-negative integer, ``lr_factor`` in (0, 1],
+    ``learning_rate`` > 0 and ``weight_decay`` >= 0.
+
+    Raises:
+        ValueError: naming the first field that is not so.
+    """
+    for name in ("batch_size", "max_epochs", "patience"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(config.lr_patience, bool) or not isinstance(config.lr_patience, int) or config.lr_patience < 0:
+        raise ValueError(f"lr_patience must be a non-negative integer, got {config.lr_patience!r}")
+    if not 0 < config.lr_factor <= 1:
+        raise ValueError(f"lr_factor must lie in (0, 1], got {config.lr_factor}")
+    if not (config.learning_rate > 0 and config.weight_decay >= 0):
+        raise ValueError(f"learning_rate must be > 0 and weight_decay >= 0, got {config.learning_rate}, "
+                         f"{config.weight_decay}")
+
+
 def train_epochs(
     network: torch.nn.Module,
     optimizer: torch.optim.Optimizer,

@@ -40,11 +40,8 @@ which shards were written before, on the number of workers, or on the order they
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import os
-import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
@@ -56,19 +53,21 @@ import torch
 from torch.utils.data import Dataset
 
 from likelihoods.imaging import draw_scans
-from personalize.executors import local_executor
 from personalize.lmi.inputs import encode_masks, network_input
 from personalize.lmi.parameters import OUTPUT_NAMES, OutputRanges, mu_from_growth
 from personalize.priors import DEFAULT_BOUNDS, TISSUE_THRESHOLD, Prior, check_bounds
 from personalize.shards import (
     MANIFEST_FILE,
+    GeneratedShards,
     anatomy_record,
-    claim_folder,
+    generate_shards,
+    generate_with_workers,
+    generation_parser,
+    load_shards,
     shard_path,
     shard_paths,
     shard_seed,
     write_shard,
-    write_shards,
 )
 from personalize.shards import read_manifest as read_shards_manifest
 from simulators.anatomy import Anatomy
@@ -147,16 +146,6 @@ PRESETS = {"cpu": (CPU_DATASET, CPU_SHARDS), "gpu": (GPU_DATASET, GPU_SHARDS)}
 
 
 @dataclass(frozen=True)
-class GeneratedDataset:
-    """Shards ``0 … shards − 1`` of a dataset folder, those this call wrote, and its wall time."""
-
-    directory: Path
-    shards: tuple[Path, ...]
-    written: tuple[Path, ...]
-    wall_s: float
-
-
-@dataclass(frozen=True)
 class ShardSplit:
     """Shard indices of the training, validation and test sets (disjoint)."""
 
@@ -231,7 +220,7 @@ class ShardWriter:
 
 
 def generate_dataset(directory: PathLike, config: DatasetConfig = CPU_DATASET, *, data_seed: int, shards: int,
-                     executor: Executor | None = None, progress: bool = True) -> GeneratedDataset:
+                     executor: Executor | None = None, progress: bool = True) -> GeneratedShards:
     """Write shards ``0 … shards − 1`` of the dataset ``(config, data_seed)`` into ``directory``, skipping those
     already there, with a progress bar over shards.
 
@@ -243,15 +232,10 @@ def generate_dataset(directory: PathLike, config: DatasetConfig = CPU_DATASET, *
         ValueError: ``directory`` holds a dataset of another configuration, data seed or anatomy, or shard files
             without a manifest; ``shards`` below 1.
     """
-    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
-        raise ValueError(f"shards must be a positive integer, got {shards!r}")
-    started = time.perf_counter()
-    directory = Path(directory)
     anatomy = dataset_anatomy(config)
-    claim_folder(directory, manifest(config, data_seed, anatomy), "an LMI dataset")
-    paths, written = write_shards(directory, ShardWriter(config, anatomy, data_seed, directory), shards,
-                                  executor=executor, progress=progress, desc="LMI shards")
-    return GeneratedDataset(directory=directory, shards=paths, written=written, wall_s=time.perf_counter() - started)
+    return generate_shards(directory, manifest(config, data_seed, anatomy), "an LMI dataset",
+                           ShardWriter(config, anatomy, data_seed, Path(directory)), shards, executor=executor,
+                           progress=progress, desc="LMI shards")
 
 
 def manifest(config: DatasetConfig, data_seed: int, anatomy: Anatomy) -> dict[str, Any]:
@@ -351,18 +335,9 @@ class ShardDataset(Dataset):
     """
 
     def __init__(self, paths: Sequence[PathLike]) -> None:
-        if not paths:
-            raise ValueError("no shard files given")
-        arrays: dict[str, list[np.ndarray]] = {"masks": [], "targets": [], "parameters": [], "thresholds": []}
-        for path in paths:
-            with np.load(path) as shard:
-                for name, values in arrays.items():
-                    values.append(shard[name])
-        shapes = {m.shape[1:] for m in arrays["masks"]}
-        if len(shapes) != 1:
-            raise ValueError(f"shards of different grids {sorted(shapes)}: not one dataset")
+        arrays = load_shards(paths, ("masks", "targets", "parameters", "thresholds"))
         self.masks, self.targets, self.parameters, self.thresholds = (
-            np.concatenate(arrays[name]) for name in ("masks", "targets", "parameters", "thresholds"))
+            arrays[name] for name in ("masks", "targets", "parameters", "thresholds"))
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -373,21 +348,12 @@ class ShardDataset(Dataset):
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m personalize.lmi.dataset OUT [--preset cpu|gpu] [--shards N] [--seed S] [--workers W]``."""
-    parser = argparse.ArgumentParser(prog="python -m personalize.lmi.dataset", description=__doc__.split("\n")[0])
-    parser.add_argument("out", help="dataset folder (created; an existing one is resumed)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
-                        help="cpu: 4 mm, 2,400 samples; gpu: 2 mm, 30,080 samples")
-    parser.add_argument("--shards", type=int, help="number of shards (default: the preset's)")
-    parser.add_argument("--seed", type=int, default=0, help="data seed")
-    parser.add_argument("--workers", type=int, default=1, help="simulating processes (0: one per CPU)")
+    parser = generation_parser("python -m personalize.lmi.dataset", __doc__.split("\n")[0], PRESETS,
+                               "cpu: 4 mm, 2,400 samples; gpu: 2 mm, 30,080 samples")
     args = parser.parse_args(argv)
     config, shards = PRESETS[args.preset]
-    executor = local_executor(args.workers or None)
-    with executor if executor is not None else contextlib.nullcontext():
-        result = generate_dataset(args.out, config, data_seed=args.seed, shards=args.shards or shards,
-                                  executor=executor)
-    print(f"{len(result.shards)} shards in {result.directory} ({len(result.written)} written now, "
-          f"{result.wall_s:.1f} s)")
+    generate_with_workers(generate_dataset, args.workers, args.out, config, data_seed=args.seed,
+                          shards=args.shards or shards)
 
 
 if __name__ == "__main__":

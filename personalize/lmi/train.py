@@ -48,7 +48,7 @@ from personalize.lmi.metrics import TestMetrics, evaluate_test_set, predict_data
 from personalize.lmi.network import NetworkConfig, build_network, parameter_count
 from personalize.lmi.weights import save_weights
 from personalize.shards import shard_index
-from personalize.training import train_epochs
+from personalize.training import check_optimisation, train_epochs
 
 CHECKPOINT_FILE = "checkpoint.pt"
 WEIGHTS_FILE = "lmi_network.pt"
@@ -85,17 +85,10 @@ class TrainingConfig:
     evaluation_cases: int = 8
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_epochs", "patience", "evaluation_cases"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.lr_patience, bool) or not isinstance(self.lr_patience, int) or self.lr_patience < 0:
-            raise ValueError(f"lr_patience must be a non-negative integer, got {self.lr_patience!r}")
-        if not 0 < self.lr_factor <= 1:
-            raise ValueError(f"lr_factor must lie in (0, 1], got {self.lr_factor}")
-        if not (self.learning_rate > 0 and self.weight_decay >= 0):
-            raise ValueError(f"learning_rate must be > 0 and weight_decay >= 0, got {self.learning_rate}, "
-                             f"{self.weight_decay}")
+        check_optimisation(self)
+        if isinstance(self.evaluation_cases, bool) or not isinstance(self.evaluation_cases, int) \
+                or self.evaluation_cases < 1:
+            raise ValueError(f"evaluation_cases must be a positive integer, got {self.evaluation_cases!r}")
         object.__setattr__(self, "split", tuple(float(f) for f in self.split))
 
 

@@ -30,12 +30,9 @@ SHA-256; a folder holding another one is refused, and generation resumes where i
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import math
 import os
-import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, replace
@@ -46,18 +43,20 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from personalize.executors import local_executor
 from personalize.priors import DEFAULT_BOUNDS, TISSUE_THRESHOLD, check_bounds
 from personalize.shards import (
+    GeneratedShards,
     anatomy_record,
-    claim_folder,
+    generate_shards,
+    generate_with_workers,
+    generation_parser,
+    load_shards,
     read_manifest,
     shard_index,
     shard_path,
     shard_paths,
     shard_seed,
     write_shard,
-    write_shards,
 )
 from personalize.surrogate.anatomies import AnatomySpec, build_anatomy, default_anatomies
 from simulators.anatomy import Anatomy
@@ -204,18 +203,8 @@ class ShardWriter:
         return write_shard(shard_path(self.directory, index), arrays)
 
 
-@dataclass(frozen=True)
-class GeneratedData:
-    """Shards ``0 … shards − 1`` of a dataset folder, those this call wrote, and its wall time."""
-
-    directory: Path
-    shards: tuple[Path, ...]
-    written: tuple[Path, ...]
-    wall_s: float
-
-
 def generate_data(directory: PathLike, config: DataConfig = CPU_DATA, *, data_seed: int, shards: int,
-                  executor: Executor | None = None, progress: bool = True) -> GeneratedData:
+                  executor: Executor | None = None, progress: bool = True) -> GeneratedShards:
     """Write shards ``0 … shards − 1`` of the dataset ``(config, data_seed)`` into ``directory``, skipping those
     already there; serial, or one task per shard of ``executor``.
 
@@ -223,13 +212,10 @@ def generate_data(directory: PathLike, config: DataConfig = CPU_DATA, *, data_se
         ValueError: ``directory`` holds a dataset of another configuration, data seed or anatomies, or shard files
             without a manifest; ``shards`` below 1.
     """
-    started = time.perf_counter()
-    directory = Path(directory)
     anatomies = [build_anatomy(spec, config.spacing_mm) for spec in config.anatomies]
-    claim_folder(directory, manifest(config, data_seed, anatomies), "a surrogate dataset")
-    paths, written = write_shards(directory, ShardWriter(config, data_seed, directory), shards, executor=executor,
-                                  progress=progress, desc="surrogate shards")
-    return GeneratedData(directory=directory, shards=paths, written=written, wall_s=time.perf_counter() - started)
+    return generate_shards(directory, manifest(config, data_seed, anatomies), "a surrogate dataset",
+                           ShardWriter(config, data_seed, Path(directory)), shards, executor=executor,
+                           progress=progress, desc="surrogate shards")
 
 
 @dataclass(frozen=True, eq=False)
@@ -267,18 +253,8 @@ class CubeDataset(Dataset):
     float64 (D_w, ρ, T), density [1, c, c, c] float32)``."""
 
     def __init__(self, paths: Sequence[PathLike]) -> None:
-        if not paths:
-            raise ValueError("no shard files given")
-        arrays: dict[str, list[np.ndarray]] = {"anatomy": [], "density": [], "parameters": []}
-        for path in paths:
-            with np.load(path) as shard:
-                for name, values in arrays.items():
-                    values.append(shard[name])
-        shapes = {a.shape[1:] for a in arrays["anatomy"]}
-        if len(shapes) != 1:
-            raise ValueError(f"shards of different cubes {sorted(shapes)}: not one dataset")
-        self.anatomy, self.density, self.parameters = (np.concatenate(arrays[n]) for n in ("anatomy", "density",
-                                                                                            "parameters"))
+        arrays = load_shards(paths, ("anatomy", "density", "parameters"))
+        self.anatomy, self.density, self.parameters = arrays["anatomy"], arrays["density"], arrays["parameters"]
 
     def __len__(self) -> int:
         return len(self.parameters)
@@ -291,14 +267,8 @@ class CubeDataset(Dataset):
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m personalize.surrogate.dataset OUT [--preset cpu|gpu] [--shards N] [--seed S] [--workers W]
     [--patient NAME=WM,GM[,CSF] ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m personalize.surrogate.dataset",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("out", help="dataset folder (created; an existing one is resumed)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
-                        help="cpu: 32³ cubes of 4 mm, 3,200 samples; gpu: 64³ cubes of 2 mm, 16,000 samples")
-    parser.add_argument("--shards", type=int, help="number of shards (default: the preset's)")
-    parser.add_argument("--seed", type=int, default=0, help="data seed")
-    parser.add_argument("--workers", type=int, default=1, help="simulating processes (0: one per CPU)")
+    parser = generation_parser("python -m personalize.surrogate.dataset", __doc__.split("\n")[0], PRESETS,
+                               "cpu: 32³ cubes of 4 mm, 3,200 samples; gpu: 64³ cubes of 2 mm, 16,000 samples")
     parser.add_argument("--patient", action="append", default=[], metavar="NAME=WM,GM[,CSF]",
                         help="a patient's tissue maps as one more held-out test anatomy (repeatable)")
     args = parser.parse_args(argv)
@@ -311,12 +281,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         per_anatomy = shards // len(config.anatomies)
         config = replace(config, anatomies=(*config.anatomies, *patients))
         shards = per_anatomy * len(config.anatomies)
-    executor = local_executor(args.workers or None)
-    with executor if executor is not None else contextlib.nullcontext():
-        result = generate_data(args.out, config, data_seed=args.seed, shards=args.shards or shards,
-                               executor=executor)
-    print(f"{len(result.shards)} shards in {result.directory} ({len(result.written)} written now, "
-          f"{result.wall_s:.1f} s)")
+    generate_with_workers(generate_data, args.workers, args.out, config, data_seed=args.seed,
+                          shards=args.shards or shards)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from personalize.overlap import dice
 from personalize.surrogate.dataset import CubeDataset, DataConfig, open_data
 from personalize.surrogate.weights import save_surrogate
-from personalize.training import train_epochs
+from personalize.training import check_optimisation, train_epochs
 from simulators.surrogates.geometry_aware import (
     GeometryAwareNetwork,
     SurrogateConfig,
@@ -77,13 +77,7 @@ class TrainingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_epochs", "patience"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not (self.learning_rate > 0 and self.weight_decay >= 0):
-            raise ValueError(f"learning_rate must be > 0 and weight_decay >= 0, got {self.learning_rate}, "
-                             f"{self.weight_decay}")
+        check_optimisation(self)
         object.__setattr__(self, "channels", tuple(self.channels))
 
     def network(self, data: DataConfig) -> SurrogateConfig:
