@@ -199,6 +199,10 @@ def growth_simulator(settings: FitSettings) -> tuple[Simulator, dict[str, object
     from personalize.surrogate.weights import SHIPPED_SURROGATE, load_surrogate
 
     path = Path(settings.surrogate_weights or SHIPPED_SURROGATE)
+    if settings.surrogate_weights is None and not path.is_file():
+        raise ValueError("this installation ships no surrogate weights; train them (python -m "
+                         "personalize.surrogate.dataset, then python -m personalize.surrogate.train) and pass "
+                         "--surrogate-weights FILE.pt")
     surrogate, record = load_surrogate(path, device=settings.device, batch_size=settings.chunk_size)
     return surrogate, {"name": "geometry_aware_surrogate", "weights": str(path.resolve()), "sha256": record["sha256"]}
 
