@@ -37,19 +37,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from likelihoods.imaging import MASK_MODELS
 from likelihoods.joint import JointLikelihood
 from personalize.embedding import EMBEDDINGS, EmbeddedSimulator, embedding_net, network_input
 from personalize.executors import evaluate, local_executor
 from personalize.io import Observation, write_output
-from likelihoods.imaging import MASK_MODELS
 from personalize.npe import NPESettings, sequential_npe
+from personalize.overlap import dice
 from personalize.posterior import Posterior
 from personalize.predictive import DEFAULT_THRESHOLDS, check_thresholds, posterior_predictive
 from personalize.priors import DEFAULT_SEED_MARGIN_MM, Prior
-from personalize.report import plot_orthogonal_slices, plot_pairs, plot_tempering
-from personalize.overlap import dice
-from personalize.scan_simulator import ScanSimulator, observed_scans
 from personalize.reparameterize import FunctionInCoordinates, LogCoordinates, PriorInCoordinates, in_physical_units
+from personalize.report import plot_orthogonal_slices, plot_pairs, plot_tempering
+from personalize.scan_simulator import ScanSimulator, observed_scans
 from personalize.tmcmc import tmcmc
 from personalize.working_grid import (
     DEFAULT_MARGIN_MM,
@@ -290,7 +290,8 @@ def fit(
     if simulator is None:
         simulator, described = growth_simulator(settings)
     else:
-        described = {"name": type(simulator).__name__}
+        named = "fisher_kolmogorov" if isinstance(simulator, FisherKolmogorov) else type(simulator).__name__
+        described = {"name": named}
     problem = build_working_problem(observation, tissue, spacing_mm=settings.spacing_mm,
                                     margin_mm=settings.margin_mm)
     prior = Prior.from_config(problem.anatomy, problem.scans, bounds, bounds_toml, settings.seed_margin_mm,

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
@@ -55,6 +56,7 @@ from torch.utils.data import Dataset
 from likelihoods.imaging import draw_scans
 from personalize.lmi.inputs import encode_masks, network_input
 from personalize.lmi.parameters import OUTPUT_NAMES, OutputRanges, mu_from_growth
+from personalize.module_command import run_command
 from personalize.priors import DEFAULT_BOUNDS, TISSUE_THRESHOLD, Prior, check_bounds
 from personalize.shards import (
     MANIFEST_FILE,
@@ -353,8 +355,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config, shards = PRESETS[args.preset]
     generate_with_workers(generate_dataset, args.workers, args.out, config, data_seed=args.seed,
-                          shards=args.shards or shards)
+                          shards=shards if args.shards is None else args.shards)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, "python -m personalize.lmi.dataset"))

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -47,6 +48,7 @@ from personalize.lmi.dataset import ShardDataset, open_dataset, split_shards
 from personalize.lmi.metrics import TestMetrics, evaluate_test_set, predict_dataset
 from personalize.lmi.network import NetworkConfig, build_network, parameter_count
 from personalize.lmi.weights import save_weights
+from personalize.module_command import run_command
 from personalize.shards import shard_index
 from personalize.training import check_optimisation, train_epochs
 
@@ -191,4 +193,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, "python -m personalize.lmi.train"))

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, replace
@@ -43,6 +44,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from personalize.module_command import run_command
 from personalize.priors import DEFAULT_BOUNDS, TISSUE_THRESHOLD, check_bounds
 from personalize.shards import (
     GeneratedShards,
@@ -276,14 +278,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     patients = []
     for text in args.patient:
         name, _, files = text.partition("=")
+        if not name or not files:
+            raise ValueError(f"--patient {text}: expected NAME=WM,GM[,CSF] (tissue map files)")
         patients.append(AnatomySpec(name, "test", "files", files=tuple(files.split(","))))
     if patients:
         per_anatomy = shards // len(config.anatomies)
         config = replace(config, anatomies=(*config.anatomies, *patients))
         shards = per_anatomy * len(config.anatomies)
     generate_with_workers(generate_data, args.workers, args.out, config, data_seed=args.seed,
-                          shards=args.shards or shards)
+                          shards=shards if args.shards is None else args.shards)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, "python -m personalize.surrogate.dataset"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from personalize.module_command import run_command
 from personalize.overlap import dice
 from personalize.surrogate.dataset import CubeDataset, DataConfig, open_data
 from personalize.surrogate.weights import save_surrogate
@@ -252,7 +254,7 @@ def _setting(text: str) -> tuple[str, object]:
     key, _, value = text.partition("=")
     fields = TrainingConfig.__dataclass_fields__
     if key not in fields:
-        raise SystemExit(f"--set {text}: no setting {key!r}; settings: {', '.join(fields)}")
+        raise ValueError(f"--set {text}: no setting {key!r}; settings: {', '.join(fields)}")
     default = getattr(CPU_TRAINING, key)
     if isinstance(default, bool):
         return key, value.lower() in ("1", "true", "yes")
@@ -262,4 +264,4 @@ def _setting(text: str) -> tuple[str, object]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, "python -m personalize.surrogate.train"))
