@@ -178,9 +178,10 @@ def build_inference(prior: Distribution, settings: NPESettings, embedding: nn.Mo
     """The sbi inference object for ``settings.estimator`` with ``embedding`` in front of its network."""
     common = dict(device=settings.device, tracker=NoTracker(), show_progress_bars=progress)
     if settings.estimator in ("mdn", "nsf"):
-        builder = posterior_nn(model=settings.estimator, hidden_features=settings.hidden_features,
-                               num_components=settings.num_components, embedding_net=embedding,
-                               z_score_x=z_score_x,
+        # sbi's nflows spline flow ("nsf") refuses the unbounded transform of θ; its zuko twin takes it
+        model = {"mdn": dict(model="mdn", num_components=settings.num_components), "nsf": dict(model="zuko_nsf")}
+        builder = posterior_nn(**model[settings.estimator], hidden_features=settings.hidden_features,
+                               embedding_net=embedding, z_score_x=z_score_x,
                                z_score_theta=theta_standardisation(prior, settings.estimator, settings.atomic_loss),
                                x_dist=prior)
         return (AtomicNPE if settings.atomic_loss else NPE)(prior=prior, density_estimator=builder, **common)
