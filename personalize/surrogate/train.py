@@ -70,7 +70,7 @@ class TrainingConfig:
     skips: bool = True
     features: str = "mu"
     batch_size: int = 8
-    max_epochs: int = 12
+    max_epochs: int = 20
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     patience: int = 3
