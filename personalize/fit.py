@@ -195,7 +195,8 @@ def growth_simulator(settings: FitSettings) -> tuple[Simulator, dict[str, object
         ValueError: surrogate weights that are missing, changed since they were saved, or of another format.
     """
     if settings.simulator == "fisher-kolmogorov":
-        return FisherKolmogorov(), {"name": "fisher_kolmogorov"}
+        solver = FisherKolmogorov()
+        return solver, simulator_record(solver)
     from personalize.surrogate.weights import SHIPPED_SURROGATE, load_surrogate
 
     path = Path(settings.surrogate_weights or SHIPPED_SURROGATE)
@@ -205,6 +206,12 @@ def growth_simulator(settings: FitSettings) -> tuple[Simulator, dict[str, object
                          "--surrogate-weights FILE.pt")
     surrogate, record = load_surrogate(path, device=settings.device, batch_size=settings.chunk_size)
     return surrogate, {"name": "geometry_aware_surrogate", "weights": str(path.resolve()), "sha256": record["sha256"]}
+
+
+def simulator_record(simulator: Simulator) -> dict[str, object]:
+    """What ``summary.json`` records of a simulator given as an object: its name, ``fisher_kolmogorov`` for this
+    project's solver (as ``--simulator fisher-kolmogorov`` records it), else its class's name."""
+    return {"name": "fisher_kolmogorov" if isinstance(simulator, FisherKolmogorov) else type(simulator).__name__}
 
 
 def with_growth_scales(posterior: Posterior) -> Posterior:
@@ -290,8 +297,7 @@ def fit(
     if simulator is None:
         simulator, described = growth_simulator(settings)
     else:
-        named = "fisher_kolmogorov" if isinstance(simulator, FisherKolmogorov) else type(simulator).__name__
-        described = {"name": named}
+        described = simulator_record(simulator)
     problem = build_working_problem(observation, tissue, spacing_mm=settings.spacing_mm,
                                     margin_mm=settings.margin_mm)
     prior = Prior.from_config(problem.anatomy, problem.scans, bounds, bounds_toml, settings.seed_margin_mm,
